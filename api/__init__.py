@@ -1,0 +1,1 @@
+"""HTTP service, CLI and Python client of the lending ledger."""

@@ -1,0 +1,87 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.errors import register_error_handlers
+from api.routes import router
+from api.service import LedgerService
+from api.settings import Settings
+from ledger.sequencer import SequencerSettings
+
+logger = logging.getLogger(__name__)
+
+CORRELATION_HEADER = b"x-correlation-id"
+_CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+
+
+class CorrelationIdMiddleware:
+    """Takes X-Correlation-Id from the request (or makes one) and echoes it back.
+
+    Plain ASGI rather than BaseHTTPMiddleware: it must not buffer or re-wrap responses.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        supplied = dict(scope["headers"]).get(CORRELATION_HEADER, b"")
+        value = supplied if _CORRELATION_ID.fullmatch(supplied) else str(uuid.uuid4()).encode()
+        scope.setdefault("state", {})["correlation_id"] = value.decode()
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (CORRELATION_HEADER, value)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    database_url: str | None = None,
+    sequencer_settings: SequencerSettings | None = None,
+) -> FastAPI:
+    """Build the app. `database_url` defaults to the settings' DATABASE_URL; the CLI sets
+    that after starting the embedded server, so every worker finds the same database."""
+    settings = settings or Settings.from_env()
+    url = database_url or settings.database_url
+    if url is None:
+        raise ValueError(
+            "no database: set DATABASE_URL, or start with `lending-ledger serve`, "
+            "which runs an embedded PostgreSQL"
+        )
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        service = LedgerService(settings, url, sequencer_settings)
+        app.state.service = service
+        service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title="lending-ledger",
+        version="0.1.0",
+        summary="An event-sourced lending ledger: loan applications, scores and decisions "
+        "as immutable, hash-chained events.",
+        lifespan=lifespan,
+    )
+    register_error_handlers(app)
+    app.include_router(router)
+    app.add_middleware(CorrelationIdMiddleware)
+    return app

@@ -1,0 +1,93 @@
+"""`lending-ledger`: serve the API, apply the schema."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from api.embedded import database_url
+from api.settings import ConfigurationError, Settings
+from ledger.db import connect
+from ledger.schema import apply_schema, schema_path
+
+
+def _serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    host = args.host or settings.host
+    port = settings.port if args.port is None else args.port
+    workers = args.workers or settings.workers
+    with database_url(settings.database_url, settings.data_dir) as url:
+        if settings.database_url is None:
+            print(f"lending-ledger: embedded PostgreSQL, data in {settings.data_dir}", flush=True)
+        # Every worker reads its settings from the environment: point them all at the one
+        # database this parent process started (or was given).
+        os.environ["DATABASE_URL"] = url
+        print(f"lending-ledger: serving on http://{host}:{port} with {workers} worker(s)",
+              flush=True)
+        uvicorn.run(
+            "api.app:create_app",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level=args.log_level,
+            timeout_graceful_shutdown=30,
+        )
+    return 0
+
+
+async def _migrate(url: str) -> None:
+    connection = await connect(url)
+    try:
+        await apply_schema(connection)
+    finally:
+        await connection.close()
+
+
+def _run_migrate(settings: Settings) -> int:
+    with database_url(settings.database_url, settings.data_dir) as url:
+        asyncio.run(_migrate(url))
+    print(f"lending-ledger: schema applied ({schema_path()})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lending-ledger",
+        description="Event-sourced lending ledger. Uses DATABASE_URL, or an embedded "
+        "PostgreSQL under LEDGER_DATA_DIR when DATABASE_URL is unset.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the HTTP API")
+    serve.add_argument("--host", help="bind address (LEDGER_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (LEDGER_PORT, default 8000)")
+    serve.add_argument("--workers", type=int, help="worker processes (LEDGER_WORKERS, default 1)")
+    serve.add_argument("--log-level", default="info",
+                       choices=["critical", "error", "warning", "info", "debug"])
+    commands.add_parser("migrate", help="apply schema.sql (idempotent)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        settings = Settings.from_env()
+    except ConfigurationError as error:
+        print(f"lending-ledger: configuration error: {error}", file=sys.stderr)
+        return 2
+    if args.command == "serve":
+        if args.workers is not None and args.workers < 1:
+            print("lending-ledger: --workers must be at least 1", file=sys.stderr)
+            return 2
+        return _serve(settings, args)
+    return _run_migrate(settings)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

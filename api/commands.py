@@ -1,0 +1,80 @@
+"""Command handlers. Each owns its transaction: events, inline read models and the
+idempotency record of one command commit together or not at all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from uuid import UUID, uuid4
+
+import asyncpg
+
+from api.jsonio import dumps, to_plain
+from api.models import Application, ApplyRequest
+from ledger import idempotency
+from ledger.application import SubmitApplication, decide, stream_id_for
+from ledger.events import EventMetadata, NewEvent
+from ledger.idempotency import StoredResponse
+from ledger.scoring import ScoringModel
+from ledger.store import append
+from projections.applications import fold_applications
+from projections.runner import project_inline
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    actor: str
+    correlation_id: str
+    idempotency_key: str | None
+    fingerprint: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    response: StoredResponse
+    replayed: bool
+
+
+async def submit_application(
+    pool: asyncpg.Pool,
+    request: ApplyRequest,
+    context: RequestContext,
+    model: ScoringModel,
+    now: datetime,
+) -> CommandResult:
+    command = SubmitApplication(
+        application_id=uuid4(),
+        applicant_id=request.applicant_id,
+        amount=request.amount,
+        income=request.income,
+        employment_years=request.employment_years,
+    )
+    async with pool.acquire() as connection, connection.transaction():
+        key = context.idempotency_key
+        if key is not None:
+            stored = await idempotency.claim(connection, key, context.fingerprint)
+            if stored is not None:
+                return CommandResult(stored, replayed=True)
+
+        events = decide(None, command, now, model)
+        causation: UUID | None = None
+        new_events = []
+        for event in events:
+            event_id = uuid4()
+            metadata = EventMetadata(
+                actor=context.actor,
+                correlation_id=context.correlation_id,
+                causation_id=str(causation) if causation else None,
+                idempotency_key=key,
+            )
+            new_events.append(NewEvent(event_id, event, metadata))
+            causation = event_id  # each event is caused by the one before it
+        recorded = await append(connection, stream_id_for(command.application_id), 0, new_events, now)
+        await project_inline(connection, recorded)
+
+        rows, _ = fold_applications(recorded)
+        body = dumps(to_plain(Application.from_row(rows[command.application_id])))
+        response = StoredResponse(200, body)
+        if key is not None:
+            await idempotency.save(connection, key, response)
+        return CommandResult(response, replayed=False)

@@ -1,0 +1,68 @@
+"""Configuration, read from the environment once, when the app or CLI starts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ledger.scoring import DEFAULT_MODEL, get_model
+
+ENVIRONMENTS = ("development", "test", "production")
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "lending-ledger"
+
+
+class ConfigurationError(Exception):
+    pass
+
+
+def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name} must be an integer, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigurationError(f"{name} must be from {low} to {high}, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = None
+    app_env: str = "development"
+    data_dir: Path = field(default_factory=default_data_dir)
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    pool_size: int = 10
+    scoring_model: str = DEFAULT_MODEL
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if env is None else env)
+        app_env = env.get("APP_ENV", "development") or "development"
+        if app_env not in ENVIRONMENTS:
+            raise ConfigurationError(f"APP_ENV must be one of {', '.join(ENVIRONMENTS)}")
+        scoring_model = env.get("LEDGER_SCORING_MODEL") or DEFAULT_MODEL
+        try:
+            get_model(scoring_model)
+        except ValueError as error:
+            raise ConfigurationError(f"LEDGER_SCORING_MODEL: {error}") from None
+        data_dir = env.get("LEDGER_DATA_DIR")
+        return cls(
+            database_url=env.get("DATABASE_URL") or None,
+            app_env=app_env,
+            data_dir=Path(data_dir).expanduser() if data_dir else default_data_dir(),
+            host=env.get("LEDGER_HOST") or "127.0.0.1",
+            port=_int(env, "LEDGER_PORT", 8000, 0, 65535),
+            workers=_int(env, "LEDGER_WORKERS", 1, 1, 64),
+            pool_size=_int(env, "LEDGER_DB_POOL_SIZE", 10, 1, 200),
+            scoring_model=scoring_model,
+        )

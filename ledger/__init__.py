@@ -1,0 +1,1 @@
+"""Write side of the lending ledger: events, codec, hash chain, scoring, decisions, store."""

@@ -1,0 +1,144 @@
+"""The event store. Every function takes a connection and never commits: the command
+handler owns the transaction, so events, read models and idempotency records of one
+command commit together or not at all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from ledger import sql
+from ledger.canonical import GENESIS_HASH, envelope_for_hashing, event_hash
+from ledger.errors import ConcurrencyConflict
+from ledger.events import NewEvent, RecordedEvent
+
+MAX_POSITION = 2**63 - 1
+
+
+def _record(row: asyncpg.Record) -> RecordedEvent:
+    return RecordedEvent(
+        position=row["position"],
+        seq=row["seq"],
+        stream_id=row["stream_id"],
+        stream_version=row["stream_version"],
+        event_id=row["event_id"],
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        data=row["data"],
+        metadata=row["metadata"],
+        recorded_at=row["recorded_at"],
+        prev_hash=bytes(row["prev_hash"]),
+        hash=bytes(row["hash"]),
+    )
+
+
+async def stream_head(connection: asyncpg.Connection, stream_id: str) -> tuple[int, bytes]:
+    """(current version, hash of the last event); (0, genesis) for a stream not yet begun."""
+    row = await connection.fetchrow(sql.SELECT_STREAM_HEAD, stream_id)
+    if row is None:
+        return 0, GENESIS_HASH
+    return row["stream_version"], bytes(row["hash"])
+
+
+async def append(
+    connection: asyncpg.Connection,
+    stream_id: str,
+    expected_version: int,
+    new_events: Sequence[NewEvent],
+    recorded_at: datetime,
+) -> list[RecordedEvent]:
+    """Append events to a stream that must be at `expected_version` (0: must not exist).
+
+    Raises ConcurrencyConflict when another writer got there first. The check is the
+    database's UNIQUE (stream_id, stream_version): a concurrent writer expecting the same
+    version blocks on the index entry until the first commits, then fails here.
+    """
+    if not new_events:
+        return []
+    if expected_version == 0:
+        prev_hash = GENESIS_HASH
+    else:
+        version, prev_hash = await stream_head(connection, stream_id)
+        if version != expected_version:
+            raise ConcurrencyConflict(stream_id, expected_version)
+
+    columns: dict[str, list[Any]] = {
+        name: []
+        for name in (
+            "stream_version", "event_id", "event_type", "schema_version",
+            "data", "metadata", "prev_hash", "hash",
+        )
+    }
+    envelopes = []
+    for offset, new in enumerate(new_events, start=1):
+        envelope = envelope_for_hashing(
+            stream_id=stream_id,
+            stream_version=expected_version + offset,
+            event_id=str(new.event_id),
+            event_type=new.event.event_type,
+            schema_version=new.event.schema_version,
+            data=new.event.to_data(),
+            metadata=new.metadata.to_data(),
+            recorded_at=recorded_at,
+            prev_hash=prev_hash,
+        )
+        current_hash = event_hash(envelope)
+        envelopes.append((envelope, prev_hash, current_hash))
+        for name, value in (
+            ("stream_version", envelope["stream_version"]),
+            ("event_id", new.event_id),
+            ("event_type", envelope["event_type"]),
+            ("schema_version", envelope["schema_version"]),
+            ("data", envelope["data"]),
+            ("metadata", envelope["metadata"]),
+            ("prev_hash", prev_hash),
+            ("hash", current_hash),
+        ):
+            columns[name].append(value)
+        prev_hash = current_hash
+
+    try:
+        rows = await connection.fetch(
+            sql.INSERT_EVENTS, stream_id, recorded_at, *columns.values()
+        )
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version_unique":
+            raise ConcurrencyConflict(stream_id, expected_version) from None
+        raise
+
+    positions = {row["stream_version"]: row["position"] for row in rows}
+    return [
+        RecordedEvent(
+            position=positions[envelope["stream_version"]],
+            seq=None,  # assigned by the sequencer once the transaction has committed
+            stream_id=stream_id,
+            stream_version=envelope["stream_version"],
+            event_id=new.event_id,
+            event_type=envelope["event_type"],
+            schema_version=envelope["schema_version"],
+            data=envelope["data"],
+            metadata=envelope["metadata"],
+            recorded_at=recorded_at,
+            prev_hash=previous,
+            hash=current,
+        )
+        for new, (envelope, previous, current) in zip(new_events, envelopes, strict=True)
+    ]
+
+
+async def read_stream(
+    connection: asyncpg.Connection, stream_id: str, up_to_position: int = MAX_POSITION
+) -> list[RecordedEvent]:
+    rows = await connection.fetch(sql.SELECT_STREAM, stream_id, up_to_position)
+    return [_record(row) for row in rows]
+
+
+async def read_feed(
+    connection: asyncpg.Connection, after_seq: int, limit: int
+) -> list[RecordedEvent]:
+    """Committed events in ledger order: contiguous `seq`, each exactly once."""
+    rows = await connection.fetch(sql.SELECT_FEED, after_seq, limit)
+    return [_record(row) for row in rows]

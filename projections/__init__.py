@@ -1,0 +1,1 @@
+"""Read side: projectors (pure fold + thin SQL), queries, and the projection runner."""

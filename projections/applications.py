@@ -1,0 +1,193 @@
+"""The `applications` projection: `loan_applications` (one row per application) and
+`application_history` (one row per decision-relevant event), from one pure fold.
+
+`project` is pure; `ApplicationsProjector.apply` is the thin SQL around it: it loads the
+rows the batch touches, folds, and writes them back in two statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from ledger.application import STREAM_PREFIX, ApplicationState, evolve
+from ledger.events import (
+    ApplicationDecided,
+    ApplicationScored,
+    ApplicationSubmitted,
+    JsonObject,
+    RecordedEvent,
+)
+from projections import sql
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationRow:
+    """One row of `loan_applications`: the application's state plus envelope times."""
+
+    state: ApplicationState
+    created_at: datetime
+    updated_at: datetime
+    last_event_position: int
+
+    @classmethod
+    def from_record(cls, row: asyncpg.Record | dict[str, Any]) -> ApplicationRow:
+        return cls(
+            state=ApplicationState(
+                application_id=row["application_id"],
+                applicant_id=row["applicant_id"],
+                amount=row["amount"],
+                income=row["income"],
+                employment_years=row["employment_years"],
+                status=row["status"],
+                version=row["stream_version"],
+                risk_score=row["risk_score"],
+                decision=row["decision"],
+                scoring_model=row["scoring_model"],
+                scoring_model_version=row["scoring_model_version"],
+            ),
+            created_at=row["created_at"],
+            updated_at=row["updated_at"],
+            last_event_position=row["last_event_position"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRow:
+    application_id: UUID
+    stream_version: int
+    event_position: int
+    event_type: str
+    status: str
+    details: JsonObject
+    recorded_at: datetime
+
+
+def _money(value: Decimal) -> str:
+    return str(value)
+
+
+def history_details(event: object) -> JsonObject | None:
+    """What a timeline shows for an event; None for events that are not decision-relevant."""
+    match event:
+        case ApplicationSubmitted():
+            return {
+                "amount": _money(event.amount),
+                "income": _money(event.income),
+                "employment_years": event.employment_years,
+            }
+        case ApplicationScored():
+            return {
+                "model": f"{event.model_name}-{event.model_version}",
+                "model_fingerprint": event.model_fingerprint,
+                "risk_score": _money(event.risk_score),
+                "reason_codes": list(event.reason_codes),
+            }
+        case ApplicationDecided():
+            return {"decision": event.decision, "decided_by": event.decided_by, "rule": event.rule}
+    return None
+
+
+def project(
+    row: ApplicationRow | None, event: RecordedEvent
+) -> tuple[ApplicationRow, HistoryRow | None]:
+    """The pure fold step: the row after `event`, and the timeline entry it adds."""
+    domain_event = event.decode()
+    state = evolve(row.state if row else None, domain_event)
+    new_row = ApplicationRow(
+        state=state,
+        created_at=row.created_at if row else event.recorded_at,
+        updated_at=event.recorded_at,
+        last_event_position=event.position,
+    )
+    details = history_details(domain_event)
+    entry = None
+    if details is not None:
+        entry = HistoryRow(
+            application_id=state.application_id,
+            stream_version=event.stream_version,
+            event_position=event.position,
+            event_type=event.event_type,
+            status=state.status,
+            details=details,
+            recorded_at=event.recorded_at,
+        )
+    return new_row, entry
+
+
+def fold_applications(
+    events: Sequence[RecordedEvent],
+) -> tuple[dict[UUID, ApplicationRow], list[HistoryRow]]:
+    """Fold a whole event log from nothing: what both tables must contain."""
+    rows: dict[str, ApplicationRow] = {}
+    history: list[HistoryRow] = []
+    for event in events:
+        if not event.stream_id.startswith(STREAM_PREFIX):
+            continue
+        new_row, entry = project(rows.get(event.stream_id), event)
+        rows[event.stream_id] = new_row
+        if entry is not None:
+            history.append(entry)
+    return {row.state.application_id: row for row in rows.values()}, history
+
+
+class ApplicationsProjector:
+    name = "applications"
+    tables = ("loan_applications", "application_history")
+
+    async def apply(self, connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+        """Fold `events` (in stream order per stream) into both tables."""
+        relevant = [e for e in events if e.stream_id.startswith(STREAM_PREFIX)]
+        if not relevant:
+            return
+        rows: dict[str, ApplicationRow] = {}
+        existing = [
+            UUID(e.stream_id.removeprefix(STREAM_PREFIX)) for e in relevant if e.stream_version > 1
+        ]
+        if existing:
+            for record in await connection.fetch(sql.SELECT_APPLICATIONS_BY_ID, existing):
+                loaded = ApplicationRow.from_record(record)
+                rows[f"{STREAM_PREFIX}{loaded.state.application_id}"] = loaded
+
+        history: list[HistoryRow] = []
+        for event in relevant:
+            new_row, entry = project(rows.get(event.stream_id), event)
+            rows[event.stream_id] = new_row
+            if entry is not None:
+                history.append(entry)
+
+        await connection.execute(sql.UPSERT_APPLICATIONS, *_application_columns(rows.values()))
+        if history:
+            await connection.execute(sql.INSERT_HISTORY, *_history_columns(history))
+
+
+def _application_columns(rows: Any) -> list[list[Any]]:
+    columns: list[list[Any]] = [[] for _ in range(14)]
+    for row in rows:
+        s = row.state
+        values = (
+            s.application_id, s.applicant_id, s.amount, s.income, s.employment_years,
+            s.risk_score, s.decision, s.status, s.scoring_model, s.scoring_model_version,
+            row.created_at, row.updated_at, s.version, row.last_event_position,
+        )
+        for column, value in zip(columns, values, strict=True):
+            column.append(value)
+    return columns
+
+
+def _history_columns(rows: Sequence[HistoryRow]) -> list[list[Any]]:
+    return [
+        [r.application_id for r in rows],
+        [r.stream_version for r in rows],
+        [r.event_position for r in rows],
+        [r.event_type for r in rows],
+        [r.status for r in rows],
+        [r.details for r in rows],
+        [r.recorded_at for r in rows],
+    ]

@@ -1,0 +1,68 @@
+"""Every SQL statement of the read side, by name. Values only ever as $n parameters.
+
+Table names are unqualified on purpose: the projection runner can point `search_path` at a
+shadow schema and build the same tables there.
+"""
+
+from __future__ import annotations
+
+APPLICATION_COLUMNS = """
+    application_id, applicant_id, amount, income, employment_years, risk_score, decision,
+    status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
+    last_event_position
+"""
+
+SELECT_APPLICATIONS_BY_ID = f"""
+SELECT {APPLICATION_COLUMNS} FROM loan_applications WHERE application_id = ANY($1::uuid[])
+"""
+
+UPSERT_APPLICATIONS = f"""
+INSERT INTO loan_applications ({APPLICATION_COLUMNS})
+SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::integer[],
+                     $6::numeric[], $7::text[], $8::text[], $9::text[], $10::text[],
+                     $11::timestamptz[], $12::timestamptz[], $13::integer[], $14::bigint[])
+ON CONFLICT (application_id) DO UPDATE SET
+    risk_score = EXCLUDED.risk_score,
+    decision = EXCLUDED.decision,
+    status = EXCLUDED.status,
+    scoring_model = EXCLUDED.scoring_model,
+    scoring_model_version = EXCLUDED.scoring_model_version,
+    updated_at = EXCLUDED.updated_at,
+    stream_version = EXCLUDED.stream_version,
+    last_event_position = EXCLUDED.last_event_position
+"""
+
+INSERT_HISTORY = """
+INSERT INTO application_history (application_id, stream_version, event_position, event_type,
+                                 status, details, recorded_at)
+SELECT * FROM unnest($1::uuid[], $2::integer[], $3::bigint[], $4::text[], $5::text[],
+                     $6::jsonb[], $7::timestamptz[])
+"""
+
+SELECT_APPLICANT_HISTORY = f"""
+SELECT {APPLICATION_COLUMNS} FROM loan_applications
+WHERE applicant_id = $1
+ORDER BY created_at DESC, application_id DESC
+LIMIT $2
+"""
+
+SELECT_APPLICATION_TIMELINE = """
+SELECT application_id, stream_version, event_position, event_type, status, details, recorded_at
+FROM application_history WHERE application_id = $1 ORDER BY stream_version
+"""
+
+SELECT_ALL_APPLICATIONS = f"SELECT {APPLICATION_COLUMNS} FROM loan_applications"
+
+SELECT_ALL_HISTORY = """
+SELECT application_id, stream_version, event_position, event_type, status, details, recorded_at
+FROM application_history
+"""
+
+SELECT_CHECKPOINT = "SELECT last_seq FROM projection_checkpoints WHERE projection = $1"
+
+SAVE_CHECKPOINT = """
+INSERT INTO projection_checkpoints (projection, last_seq, updated_at) VALUES ($1, $2, now())
+ON CONFLICT (projection) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
+"""
+
+SET_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
