@@ -18,7 +18,7 @@ from ledger.events import NewEvent, RecordedEvent
 MAX_POSITION = 2**63 - 1
 
 
-def _record(row: asyncpg.Record) -> RecordedEvent:
+def recorded_event_from_row(row: asyncpg.Record) -> RecordedEvent:
     return RecordedEvent(
         position=row["position"],
         seq=row["seq"],
@@ -133,7 +133,7 @@ async def read_stream(
     connection: asyncpg.Connection, stream_id: str, up_to_position: int = MAX_POSITION
 ) -> list[RecordedEvent]:
     rows = await connection.fetch(sql.SELECT_STREAM, stream_id, up_to_position)
-    return [_record(row) for row in rows]
+    return [recorded_event_from_row(row) for row in rows]
 
 
 async def read_feed(
@@ -141,4 +141,4 @@ async def read_feed(
 ) -> list[RecordedEvent]:
     """Committed events in ledger order: contiguous `seq`, each exactly once."""
     rows = await connection.fetch(sql.SELECT_FEED, after_seq, limit)
-    return [_record(row) for row in rows]
+    return [recorded_event_from_row(row) for row in rows]
