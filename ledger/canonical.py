@@ -4,8 +4,8 @@ Canonical bytes of a JSON value (defined once, here, and in docs/architecture.md
 auditor can recompute them without this code): JSON text in UTF-8, object keys sorted by
 code point, no insignificant white space, non-ASCII characters written as themselves (not
 escaped), strings escaped as JSON requires (`"`, `\\`, and control characters), integers
-as plain decimal digits, and no floating-point numbers at all: every decimal figure is a
-string. It is exactly `json.dumps(value, sort_keys=True, separators=(",", ":"),
+as plain decimal digits from -2**63 to 2**64-1, and no floating-point numbers at all: every
+decimal figure is a string. It is exactly `json.dumps(value, sort_keys=True, separators=(",", ":"),
 ensure_ascii=False, allow_nan=False).encode("utf-8")` for such values; orjson produces the
 same bytes faster, and a property test holds the two to each other.
 """
