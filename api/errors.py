@@ -94,12 +94,14 @@ def _validation_errors(error: RequestValidationError) -> list[dict[str, str]]:
         if error_type == "json_invalid":
             context = item.get("ctx") or {}
             message = f"request body is not valid JSON: {context.get('error', message)}"
-        errors.append({
-            "field": _field_name(location, error_type),
-            "location": str(location[0]) if location else "body",
-            "message": message.removeprefix("Value error, "),
-            "type": error_type,
-        })
+        errors.append(
+            {
+                "field": _field_name(location, error_type),
+                "location": str(location[0]) if location else "body",
+                "message": message.removeprefix("Value error, "),
+                "type": error_type,
+            }
+        )
     return errors
 
 
@@ -107,8 +109,13 @@ async def _on_validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
     errors = _validation_errors(error)
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
-    return problem(422, summary or "invalid request", slug="validation-error",
-                   title="Request is invalid", errors=errors)
+    return problem(
+        422,
+        summary or "invalid request",
+        slug="validation-error",
+        title="Request is invalid",
+        errors=errors,
+    )
 
 
 async def _on_http_error(request: Request, error: Exception) -> Response:
@@ -119,13 +126,17 @@ async def _on_http_error(request: Request, error: Exception) -> Response:
 
 async def _on_ledger_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, LedgerError)
-    status = next(
-        (code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 500
-    )
+    status = next((code for kind, code in STATUS_BY_ERROR.items() if isinstance(error, kind)), 500)
     extra: dict[str, Any] = {}
     if isinstance(error, InvalidCommand) and error.field:
-        extra["errors"] = [{"field": error.field, "location": "body", "message": error.detail,
-                            "type": "value_error"}]
+        extra["errors"] = [
+            {
+                "field": error.field,
+                "location": "body",
+                "message": error.detail,
+                "type": "value_error",
+            }
+        ]
     if status == 500:
         logger.error("unmapped ledger error: %r", error)
     slug = type(error).__name__
@@ -136,9 +147,15 @@ async def _on_ledger_error(request: Request, error: Exception) -> Response:
 async def _on_unavailable(request: Request, error: Exception) -> Response:
     detail = error.detail if isinstance(error, ServiceUnavailable) else "database unavailable"
     if not isinstance(error, ServiceUnavailable):
-        logger.warning("database unavailable during %s %s: %r", request.method, request.url.path, error)
-    return problem(503, f"{detail}; nothing was written, retry later", slug="service-unavailable",
-                   headers={"Retry-After": "1"})
+        logger.warning(
+            "database unavailable during %s %s: %r", request.method, request.url.path, error
+        )
+    return problem(
+        503,
+        f"{detail}; nothing was written, retry later",
+        slug="service-unavailable",
+        headers={"Retry-After": "1"},
+    )
 
 
 async def _on_unsupported_media_type(request: Request, error: Exception) -> Response:

@@ -38,14 +38,16 @@ Money = Annotated[
     Decimal,
     BeforeValidator(_money_input),
     AfterValidator(check_money),
-    WithJsonSchema({
-        "anyOf": [
-            {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10_000_000_000},
-            {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"},
-        ],
-        "description": "Greater than 0, below 10,000,000,000, at most 2 decimal places. "
-        "A JSON number (parsed exactly, never as a float) or a decimal string.",
-    }),
+    WithJsonSchema(
+        {
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10_000_000_000},
+                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"},
+            ],
+            "description": "Greater than 0, below 10,000,000,000, at most 2 decimal places. "
+            "A JSON number (parsed exactly, never as a float) or a decimal string.",
+        }
+    ),
 ]
 
 MoneyOut = Annotated[Decimal, WithJsonSchema({"type": "number"})]
@@ -69,7 +71,12 @@ class ApplyRequest(BaseModel):
         extra="forbid",
         json_schema_extra={
             "examples": [
-                {"applicant_id": "cust_1001", "amount": 5000, "income": 90000, "employment_years": 6}
+                {
+                    "applicant_id": "cust_1001",
+                    "amount": 5000,
+                    "income": 90000,
+                    "employment_years": 6,
+                }
             ]
         },
     )
@@ -122,7 +129,9 @@ class Event(BaseModel):
     """One stored event. Every event in every response has exactly this shape."""
 
     position: int = Field(description="global position: increasing, not gap-free")
-    seq: int | None = Field(description="ledger sequence: contiguous; null for a few ms after commit")
+    seq: int | None = Field(
+        description="ledger sequence: contiguous; null for a few ms after commit"
+    )
     stream_id: str
     stream_version: int
     event_id: UUID

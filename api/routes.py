@@ -25,9 +25,7 @@ router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONRespon
 
 
 def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {
-        code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in (*codes, 503)
-    }
+    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in (*codes, 503)}
 
 
 # --- Dependencies ---
@@ -175,7 +173,9 @@ async def application_events(application_id: str, pool: PoolDep) -> JSONResponse
 )
 async def feed(
     pool: PoolDep,
-    after: Annotated[int, Query(ge=0, le=2**63 - 1, description="last seq seen; 0 from the start")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=2**63 - 1, description="last seq seen; 0 from the start")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> JSONResponse:
     async with pool.acquire() as connection:
@@ -186,8 +186,9 @@ async def feed(
 # --- Health ---
 
 
-@router.get("/healthz", operation_id="get_health", summary="The process is alive",
-            response_model=Health)
+@router.get(
+    "/healthz", operation_id="get_health", summary="The process is alive", response_model=Health
+)
 async def healthz() -> JSONResponse:
     return JSONResponse(Health(status="ok"))
 
@@ -201,7 +202,9 @@ async def healthz() -> JSONResponse:
 )
 async def readyz(service: ServiceDep) -> JSONResponse:
     if not service.ready:
-        return JSONResponse(Health(status="starting", detail=service.status_detail), status_code=503)
+        return JSONResponse(
+            Health(status="starting", detail=service.status_detail), status_code=503
+        )
     try:
         async with service.pool.acquire(timeout=2) as connection:
             await connection.fetchval("SELECT 1")

@@ -6,6 +6,10 @@ from typing import Any
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
+
+Connection = asyncpg.Connection | PoolConnectionProxy
+"""A dedicated connection or one borrowed from a pool: store functions take either."""
 
 
 def _encode_json(value: Any) -> str:

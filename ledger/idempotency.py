@@ -5,10 +5,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import asyncpg
-
 from ledger import sql
 from ledger.canonical import canonical_bytes
+from ledger.db import Connection
 from ledger.errors import IdempotencyKeyReused
 
 
@@ -23,9 +22,7 @@ def request_fingerprint(method: str, path: str, body: object) -> bytes:
     return hashlib.sha256(canonical_bytes({"method": method, "path": path, "body": body})).digest()
 
 
-async def claim(
-    connection: asyncpg.Connection, key: str, fingerprint: bytes
-) -> StoredResponse | None:
+async def claim(connection: Connection, key: str, fingerprint: bytes) -> StoredResponse | None:
     """Claim `key` for this transaction, or return the response stored under it.
 
     Raises IdempotencyKeyReused when the key was first used for a different request.
@@ -33,7 +30,10 @@ async def claim(
     if await connection.fetchval(sql.CLAIM_IDEMPOTENCY_KEY, key, fingerprint) is not None:
         return None
     row = await connection.fetchrow(sql.SELECT_IDEMPOTENT_RESPONSE, key)
-    assert row is not None and row["status_code"] is not None, "stored with its response"
+    # The claim insert waited for any transaction holding the key: the row is committed,
+    # and it is only ever committed together with its response.
+    assert row is not None
+    assert row["status_code"] is not None
     if bytes(row["request_fingerprint"]) != fingerprint:
         raise IdempotencyKeyReused(
             f"Idempotency-Key {key!r} was already used for a different request; "
@@ -42,5 +42,5 @@ async def claim(
     return StoredResponse(row["status_code"], bytes(row["response_body"]))
 
 
-async def save(connection: asyncpg.Connection, key: str, response: StoredResponse) -> None:
+async def save(connection: Connection, key: str, response: StoredResponse) -> None:
     await connection.execute(sql.SAVE_IDEMPOTENT_RESPONSE, key, response.status_code, response.body)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import asyncpg
+from ledger.db import Connection
 
 _PACKAGE_COPY = Path(__file__).with_name("schema.sql")  # inside an installed wheel
 _CHECKOUT_COPY = Path(__file__).resolve().parent.parent / "schema.sql"  # in a checkout
@@ -21,6 +21,6 @@ def schema_sql() -> str:
     return schema_path().read_text(encoding="utf-8")
 
 
-async def apply_schema(connection: asyncpg.Connection) -> None:
+async def apply_schema(connection: Connection) -> None:
     """Apply the whole schema. Idempotent; schema.sql takes its own lock and transaction."""
     await connection.execute(schema_sql())

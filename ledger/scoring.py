@@ -86,7 +86,9 @@ class RatioModel:
         quantum = Decimal(1).scaleb(-self.places)
         risk_score = context.add(ratio_points, years_points).quantize(quantum, context=context)
         if risk_score >= self.approve_at_or_above:
-            return Score(risk_score, "approved", (), f"score {risk_score} >= {self.approve_at_or_above}")
+            return Score(
+                risk_score, "approved", (), f"score {risk_score} >= {self.approve_at_or_above}"
+            )
         return Score(risk_score, "review", (), f"score {risk_score} < {self.approve_at_or_above}")
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from ledger import sql
-from ledger.db import connect
+from ledger.db import Connection, connect
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 LEADERSHIP_LOCK_KEY = 7250115081426013002
 
 
-async def sequence_batch(connection: asyncpg.Connection, limit: int = 1000) -> int:
+async def sequence_batch(connection: Connection, limit: int = 1000) -> int:
     """Add the next committed events (at most `limit`) to the ledger log; return how many.
 
     Owns its transaction: the log rows and the cursor that covers them commit together.
@@ -51,7 +51,7 @@ async def sequence_batch(connection: asyncpg.Connection, limit: int = 1000) -> i
         return added
 
 
-async def sequence_all(connection: asyncpg.Connection, batch_size: int = 1000) -> int:
+async def sequence_all(connection: Connection, batch_size: int = 1000) -> int:
     """Sequence until nothing below the horizon is left; return how many were added."""
     total = 0
     while added := await sequence_batch(connection, batch_size):
@@ -74,7 +74,7 @@ class Sequencer:
         self._settings = settings or SequencerSettings()
         self._wake = asyncio.Event()
         self.is_leader = False
-        self.connection: asyncpg.Connection | None = None
+        self.connection: Connection | None = None
 
     async def run(self) -> None:
         """Run until cancelled. Connection failures are logged and retried, never raised."""
@@ -92,7 +92,9 @@ class Sequencer:
 
     async def _contend_and_lead(self) -> None:
         self.connection = await connect(self._dsn)
-        while not await self.connection.fetchval(sql.TRY_LEADERSHIP, LEADERSHIP_LOCK_KEY):
+        # Polling rather than blocking in pg_advisory_lock keeps shutdown and connection
+        # loss simple to handle; a follower takes over within one retry_interval.
+        while not await self.connection.fetchval(sql.TRY_LEADERSHIP, LEADERSHIP_LOCK_KEY):  # noqa: ASYNC110
             await asyncio.sleep(self._settings.retry_interval)
         self.is_leader = True
         logger.info("sequencer: this process now leads")

@@ -12,6 +12,7 @@ import asyncpg
 
 from ledger import sql
 from ledger.canonical import GENESIS_HASH, envelope_for_hashing, event_hash
+from ledger.db import Connection
 from ledger.errors import ConcurrencyConflict
 from ledger.events import NewEvent, RecordedEvent
 
@@ -35,7 +36,7 @@ def recorded_event_from_row(row: asyncpg.Record) -> RecordedEvent:
     )
 
 
-async def stream_head(connection: asyncpg.Connection, stream_id: str) -> tuple[int, bytes]:
+async def stream_head(connection: Connection, stream_id: str) -> tuple[int, bytes]:
     """(current version, hash of the last event); (0, genesis) for a stream not yet begun."""
     row = await connection.fetchrow(sql.SELECT_STREAM_HEAD, stream_id)
     if row is None:
@@ -44,7 +45,7 @@ async def stream_head(connection: asyncpg.Connection, stream_id: str) -> tuple[i
 
 
 async def append(
-    connection: asyncpg.Connection,
+    connection: Connection,
     stream_id: str,
     expected_version: int,
     new_events: Sequence[NewEvent],
@@ -68,8 +69,14 @@ async def append(
     columns: dict[str, list[Any]] = {
         name: []
         for name in (
-            "stream_version", "event_id", "event_type", "schema_version",
-            "data", "metadata", "prev_hash", "hash",
+            "stream_version",
+            "event_id",
+            "event_type",
+            "schema_version",
+            "data",
+            "metadata",
+            "prev_hash",
+            "hash",
         )
     }
     envelopes = []
@@ -101,9 +108,7 @@ async def append(
         prev_hash = current_hash
 
     try:
-        rows = await connection.fetch(
-            sql.INSERT_EVENTS, stream_id, recorded_at, *columns.values()
-        )
+        rows = await connection.fetch(sql.INSERT_EVENTS, stream_id, recorded_at, *columns.values())
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version_unique":
             raise ConcurrencyConflict(stream_id, expected_version) from None
@@ -130,15 +135,13 @@ async def append(
 
 
 async def read_stream(
-    connection: asyncpg.Connection, stream_id: str, up_to_position: int = MAX_POSITION
+    connection: Connection, stream_id: str, up_to_position: int = MAX_POSITION
 ) -> list[RecordedEvent]:
     rows = await connection.fetch(sql.SELECT_STREAM, stream_id, up_to_position)
     return [recorded_event_from_row(row) for row in rows]
 
 
-async def read_feed(
-    connection: asyncpg.Connection, after_seq: int, limit: int
-) -> list[RecordedEvent]:
+async def read_feed(connection: Connection, after_seq: int, limit: int) -> list[RecordedEvent]:
     """Committed events in ledger order: contiguous `seq`, each exactly once."""
     rows = await connection.fetch(sql.SELECT_FEED, after_seq, limit)
     return [recorded_event_from_row(row) for row in rows]

@@ -17,6 +17,7 @@ from uuid import UUID
 import asyncpg
 
 from ledger.application import STREAM_PREFIX, ApplicationState, evolve
+from ledger.db import Connection
 from ledger.events import (
     ApplicationDecided,
     ApplicationScored,
@@ -141,7 +142,7 @@ class ApplicationsProjector:
     name = "applications"
     tables = ("loan_applications", "application_history")
 
-    async def apply(self, connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+    async def apply(self, connection: Connection, events: Sequence[RecordedEvent]) -> None:
         """Fold `events` (in stream order per stream) into both tables."""
         relevant = [e for e in events if e.stream_id.startswith(STREAM_PREFIX)]
         if not relevant:
@@ -172,9 +173,20 @@ def _application_columns(rows: Any) -> list[list[Any]]:
     for row in rows:
         s = row.state
         values = (
-            s.application_id, s.applicant_id, s.amount, s.income, s.employment_years,
-            s.risk_score, s.decision, s.status, s.scoring_model, s.scoring_model_version,
-            row.created_at, row.updated_at, s.version, row.last_event_position,
+            s.application_id,
+            s.applicant_id,
+            s.amount,
+            s.income,
+            s.employment_years,
+            s.risk_score,
+            s.decision,
+            s.status,
+            s.scoring_model,
+            s.scoring_model_version,
+            row.created_at,
+            row.updated_at,
+            s.version,
+            row.last_event_position,
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)

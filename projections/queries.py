@@ -4,36 +4,35 @@ from __future__ import annotations
 
 from uuid import UUID
 
-import asyncpg
-
+from ledger.db import Connection
 from projections import sql
 from projections.applications import ApplicationRow, HistoryRow
 
 
-async def get_application(connection: asyncpg.Connection, application_id: UUID) -> ApplicationRow | None:
+async def get_application(connection: Connection, application_id: UUID) -> ApplicationRow | None:
     records = await connection.fetch(sql.SELECT_APPLICATIONS_BY_ID, [application_id])
     return ApplicationRow.from_record(records[0]) if records else None
 
 
 async def applicant_history(
-    connection: asyncpg.Connection, applicant_id: str, limit: int
+    connection: Connection, applicant_id: str, limit: int
 ) -> list[ApplicationRow]:
     """An applicant's applications, newest first."""
     records = await connection.fetch(sql.SELECT_APPLICANT_HISTORY, applicant_id, limit)
     return [ApplicationRow.from_record(record) for record in records]
 
 
-async def application_timeline(connection: asyncpg.Connection, application_id: UUID) -> list[HistoryRow]:
+async def application_timeline(connection: Connection, application_id: UUID) -> list[HistoryRow]:
     records = await connection.fetch(sql.SELECT_APPLICATION_TIMELINE, application_id)
     return [HistoryRow(**dict(record)) for record in records]
 
 
-async def all_applications(connection: asyncpg.Connection) -> dict[UUID, ApplicationRow]:
+async def all_applications(connection: Connection) -> dict[UUID, ApplicationRow]:
     records = await connection.fetch(sql.SELECT_ALL_APPLICATIONS)
     rows = (ApplicationRow.from_record(record) for record in records)
     return {row.state.application_id: row for row in rows}
 
 
-async def all_history(connection: asyncpg.Connection) -> list[HistoryRow]:
+async def all_history(connection: Connection) -> list[HistoryRow]:
     records = await connection.fetch(sql.SELECT_ALL_HISTORY)
     return [HistoryRow(**dict(record)) for record in records]

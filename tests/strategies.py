@@ -8,7 +8,9 @@ from hypothesis import strategies as st
 
 from ledger.application import MAX_EMPLOYMENT_YEARS
 
-money = st.integers(min_value=1, max_value=999_999_999_999).map(lambda cents: Decimal(cents).scaleb(-2))
+money = st.integers(min_value=1, max_value=999_999_999_999).map(
+    lambda cents: Decimal(cents).scaleb(-2)
+)
 # Realistic amounts too: uniform cents rarely hit round numbers or small loans.
 everyday_money = st.integers(min_value=1, max_value=2_000_000).map(Decimal)
 any_money = st.one_of(money, everyday_money)

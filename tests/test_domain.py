@@ -58,7 +58,9 @@ def test_ratio_v1_scores_the_readme_example() -> None:
         ("9999999999.99", "0.01", 0, "0.00", "review"),
     ],
 )
-def test_ratio_v1_formula(amount: str, income: str, years: int, expected: str, decision: str) -> None:
+def test_ratio_v1_formula(
+    amount: str, income: str, years: int, expected: str, decision: str
+) -> None:
     score = RATIO_V1.score(ScoringInputs(Decimal(amount), Decimal(income), years))
     assert str(score.risk_score) == expected
     assert score.decision == decision
@@ -104,8 +106,14 @@ def test_invalid_applicant_ids(value: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "normalised"),
-    [("5000", "5000.00"), ("5000.1", "5000.10"), ("0.01", "0.01"), ("1E+3", "1000.00"),
-     ("9999999999.99", "9999999999.99"), ("5000.100", "5000.10")],
+    [
+        ("5000", "5000.00"),
+        ("5000.1", "5000.10"),
+        ("0.01", "0.01"),
+        ("1E+3", "1000.00"),
+        ("9999999999.99", "9999999999.99"),
+        ("5000.100", "5000.10"),
+    ],
 )
 def test_money_is_normalised_to_cents(value: str, normalised: str) -> None:
     assert str(check_money(Decimal(value))) == normalised
@@ -113,10 +121,19 @@ def test_money_is_normalised_to_cents(value: str, normalised: str) -> None:
 
 @pytest.mark.parametrize(
     ("value", "message"),
-    [("0", "greater than 0"), ("-1", "greater than 0"), ("-0", "greater than 0"),
-     ("0.001", "2 decimal places"), ("1.005", "2 decimal places"), ("1E-400", "2 decimal places"),
-     ("10000000000", "below"), ("1E+309", "below"), ("NaN", "finite"), ("Infinity", "finite"),
-     ("-Infinity", "finite")],
+    [
+        ("0", "greater than 0"),
+        ("-1", "greater than 0"),
+        ("-0", "greater than 0"),
+        ("0.001", "2 decimal places"),
+        ("1.005", "2 decimal places"),
+        ("1E-400", "2 decimal places"),
+        ("10000000000", "below"),
+        ("1E+309", "below"),
+        ("NaN", "finite"),
+        ("Infinity", "finite"),
+        ("-Infinity", "finite"),
+    ],
 )
 def test_invalid_money(value: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
@@ -132,15 +149,21 @@ def test_invalid_employment_years(value: int) -> None:
 def test_decide_emits_submitted_scored_decided() -> None:
     command = submit()
     events = decide(None, command, NOW, RATIO_V1)
-    assert [type(e) for e in events] == [ApplicationSubmitted, ApplicationScored, ApplicationDecided]
+    assert [type(e) for e in events] == [
+        ApplicationSubmitted,
+        ApplicationScored,
+        ApplicationDecided,
+    ]
     submitted, scored, decided = events
-    assert isinstance(submitted, ApplicationSubmitted) and submitted.amount == Decimal("5000.00")
+    assert isinstance(submitted, ApplicationSubmitted)
+    assert submitted.amount == Decimal("5000.00")
     assert isinstance(scored, ApplicationScored)
     assert (scored.model_name, scored.model_version) == ("ratio", "v1")
     assert scored.model_fingerprint == RATIO_V1.fingerprint
     assert scored.inputs == ScoringInputs(Decimal("5000.00"), Decimal("90000.00"), 6)
     assert scored.risk_score == Decimal("1830.00")
-    assert isinstance(decided, ApplicationDecided) and decided.decision == "approved"
+    assert isinstance(decided, ApplicationDecided)
+    assert decided.decision == "approved"
 
 
 def test_decide_rejects_an_existing_application() -> None:
@@ -159,9 +182,14 @@ def test_decide_enforces_the_rules_itself() -> None:
 def test_evolve_folds_to_the_decision() -> None:
     approved = fold(decide(None, submit(), NOW, RATIO_V1))
     assert approved is not None
-    assert (approved.status, approved.version, approved.decision) == (STATUS_APPROVED, 3, "approved")
+    assert (approved.status, approved.version, approved.decision) == (
+        STATUS_APPROVED,
+        3,
+        "approved",
+    )
     review = fold(decide(None, submit("100000", "50000", 2), NOW, RATIO_V1))
-    assert review is not None and review.status == STATUS_IN_REVIEW
+    assert review is not None
+    assert review.status == STATUS_IN_REVIEW
     assert review.risk_score == Decimal("60.00")
 
 
@@ -184,13 +212,20 @@ def test_registry_upcasts_old_versions_on_read() -> None:
     registry.register("ApplicationSubmitted", 2, ApplicationSubmitted.from_data)
     # version 1 (hypothetically) called the field "years"
     registry.register_upcaster(
-        "ApplicationSubmitted", 1,
+        "ApplicationSubmitted",
+        1,
         lambda d: {**{k: v for k, v in d.items() if k != "years"}, "employment_years": d["years"]},
     )
-    old = {"application_id": str(uuid4()), "applicant_id": "abc", "amount": "1.00",
-           "income": "2.00", "years": 4}
+    old = {
+        "application_id": str(uuid4()),
+        "applicant_id": "abc",
+        "amount": "1.00",
+        "income": "2.00",
+        "years": 4,
+    }
     decoded = registry.decode("ApplicationSubmitted", 1, old)
-    assert isinstance(decoded, ApplicationSubmitted) and decoded.employment_years == 4
+    assert isinstance(decoded, ApplicationSubmitted)
+    assert decoded.employment_years == 4
 
 
 def test_registry_refuses_unknown_types_and_duplicates() -> None:
@@ -204,5 +239,6 @@ def test_registry_refuses_unknown_types_and_duplicates() -> None:
 
 def test_events_are_frozen() -> None:
     event = decide(None, submit(), NOW, RATIO_V1)[0]
+    assert isinstance(event, ApplicationSubmitted)
     with pytest.raises(AttributeError):
         event.amount = Decimal(1)  # type: ignore[misc]

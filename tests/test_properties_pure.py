@@ -22,8 +22,9 @@ from tests.strategies import any_money, years
 
 json_values: st.SearchStrategy[Any] = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(),
-    lambda children: st.lists(children, max_size=4)
-    | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -55,18 +56,42 @@ def build_stream(events: list[DomainEvent], start: datetime) -> list[RecordedEve
     prev = GENESIS_HASH
     for version, event in enumerate(events, start=1):
         event_id = uuid4()
-        metadata = {"actor": "t", "correlation_id": "c", "causation_id": None, "idempotency_key": None}
+        metadata = {
+            "actor": "t",
+            "correlation_id": "c",
+            "causation_id": None,
+            "idempotency_key": None,
+        }
         at = start + timedelta(microseconds=version)
-        digest = event_hash(envelope_for_hashing(
-            stream_id=stream_id, stream_version=version, event_id=str(event_id),
-            event_type=event.event_type, schema_version=event.schema_version,
-            data=event.to_data(), metadata=metadata, recorded_at=at, prev_hash=prev,
-        ))
-        recorded.append(RecordedEvent(
-            position=version, seq=None, stream_id=stream_id, stream_version=version,
-            event_id=event_id, event_type=event.event_type, schema_version=event.schema_version,
-            data=event.to_data(), metadata=metadata, recorded_at=at, prev_hash=prev, hash=digest,
-        ))
+        digest = event_hash(
+            envelope_for_hashing(
+                stream_id=stream_id,
+                stream_version=version,
+                event_id=str(event_id),
+                event_type=event.event_type,
+                schema_version=event.schema_version,
+                data=event.to_data(),
+                metadata=metadata,
+                recorded_at=at,
+                prev_hash=prev,
+            )
+        )
+        recorded.append(
+            RecordedEvent(
+                position=version,
+                seq=None,
+                stream_id=stream_id,
+                stream_version=version,
+                event_id=event_id,
+                event_type=event.event_type,
+                schema_version=event.schema_version,
+                data=event.to_data(),
+                metadata=metadata,
+                recorded_at=at,
+                prev_hash=prev,
+                hash=digest,
+            )
+        )
         prev = digest
     return recorded
 
@@ -85,15 +110,15 @@ def tamper(value: Any, choice: int) -> Any:
         return {**value, key: tamper(value[key], choice // len(keys))}
     if isinstance(value, list) and value:
         index = choice % len(value)
-        return [*value[:index], tamper(value[index], choice // len(value)), *value[index + 1:]]
+        return [*value[:index], tamper(value[index], choice // len(value)), *value[index + 1 :]]
     if isinstance(value, bool) or value is None or value == []:
         return "tampered"
     if isinstance(value, int):
         return value + 1
     text = str(value)
     index = choice % len(text) if text else 0
-    replacement = "1" if text[index:index + 1] != "1" else "2"
-    return text[:index] + replacement + text[index + 1:]
+    replacement = "1" if text[index : index + 1] != "1" else "2"
+    return text[:index] + replacement + text[index + 1 :]
 
 
 @given(any_money, any_money, years)
