@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ledger.chain import verify_stream
+from ledger.db import Connection
 from ledger.events import RecordedEvent
 from projections.applications import ApplicationsProjector, fold_applications
 from projections.queries import all_applications, all_history
@@ -44,7 +45,7 @@ commands = st.builds(
 )
 
 
-async def assert_read_models_equal_the_fold(connection: asyncpg.Connection) -> None:
+async def assert_read_models_equal_the_fold(connection: Connection) -> None:
     events = await all_events(connection)
     expected_rows, expected_history = fold_applications(events)
     assert await all_applications(connection) == expected_rows
