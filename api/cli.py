@@ -6,13 +6,47 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from types import FrameType
 
 from api.embedded import database_url
 from api.settings import ConfigurationError, Settings
 from ledger.db import connect
 from ledger.schema import apply_schema, schema_path
+
+
+class StopRequested(Exception):
+    """SIGINT or SIGTERM arrived: unwind, stopping what this process started."""
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Turn the first SIGINT/SIGTERM into StopRequested; ignore repeats while stopping.
+
+    uvicorn drains in-flight requests on these signals, then restores the previous
+    handlers (these) and re-raises the signal. Left to the default handler, that would end
+    the process before the embedded database is stopped.
+    """
+    stopping = False
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        nonlocal stopping
+        if not stopping:
+            stopping = True
+            raise StopRequested(signal.Signals(signum).name)
+
+    handled = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, request_stop) for sig in handled}
+    try:
+        yield
+    except StopRequested:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -21,7 +55,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     workers = args.workers or settings.workers
-    with database_url(settings.database_url, settings.data_dir) as url:
+    with stop_on_signals(), database_url(settings.database_url, settings.data_dir) as url:
         if settings.database_url is None:
             print(f"lending-ledger: embedded PostgreSQL, data in {settings.data_dir}", flush=True)
         # Every worker reads its settings from the environment: point them all at the one
@@ -39,6 +73,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             log_level=args.log_level,
             timeout_graceful_shutdown=30,
         )
+    print("lending-ledger: stopped", flush=True)
     return 0
 
 
