@@ -9,9 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.errors import register_error_handlers
+from api.errors import problem, register_error_handlers
 from api.routes import router
 from api.service import LedgerService
 from api.settings import Settings
@@ -46,6 +47,46 @@ class CorrelationIdMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_with_header)
+
+
+class BodyTooLarge(StarletteHTTPException):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, f"the request body is larger than {max_bytes} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over `max_bytes` with 413 problem+json.
+
+    A declared Content-Length over the limit is answered before the app runs; a body that
+    streams past the limit raises BodyTooLarge while it is read, which the error handlers
+    render like every other error.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            response = problem(413, BodyTooLarge(self.max_bytes).detail)
+            await response(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise BodyTooLarge(self.max_bytes)
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 def create_app(
@@ -83,5 +124,6 @@ def create_app(
     )
     register_error_handlers(app)
     app.include_router(router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware)
     return app

@@ -25,6 +25,21 @@ logger = logging.getLogger(__name__)
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:lending-ledger:problem:"
 
+# Stable problem types for plain HTTP errors (status phrases differ between Python versions).
+SLUG_BY_STATUS = {
+    400: "bad-request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    413: "body-too-large",
+    415: "unsupported-media-type",
+    422: "validation-error",
+    500: "internal-error",
+    503: "service-unavailable",
+}
+
 STATUS_BY_ERROR: dict[type[LedgerError], int] = {
     InvalidCommand: 422,
     IdempotencyKeyReused: 422,
@@ -66,7 +81,8 @@ def problem(
 ) -> Response:
     phrase = HTTPStatus(status).phrase
     body = {
-        "type": PROBLEM_TYPE_PREFIX + (slug or phrase.lower().replace(" ", "-").replace("'", "")),
+        "type": PROBLEM_TYPE_PREFIX
+        + (slug or SLUG_BY_STATUS.get(status) or phrase.lower().replace(" ", "-")),
         "title": title or phrase,
         "status": status,
         "detail": detail,
@@ -159,12 +175,12 @@ async def _on_unavailable(request: Request, error: Exception) -> Response:
 
 
 async def _on_unsupported_media_type(request: Request, error: Exception) -> Response:
-    return problem(415, "send the request body as application/json", slug="unsupported-media-type")
+    return problem(415, "send the request body as application/json")
 
 
 async def _on_unexpected(request: Request, error: Exception) -> Response:
     logger.exception("unexpected error during %s %s", request.method, request.url.path)
-    return problem(500, "an unexpected error occurred; it has been logged", slug="internal-error")
+    return problem(500, "an unexpected error occurred; it has been logged")
 
 
 def register_error_handlers(app: FastAPI) -> None:

@@ -43,6 +43,7 @@ class Settings:
     workers: int = 1
     pool_size: int = 10
     scoring_model: str = DEFAULT_MODEL
+    max_body_bytes: int = 64 * 1024
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -65,4 +66,5 @@ class Settings:
             workers=_int(env, "LEDGER_WORKERS", 1, 1, 64),
             pool_size=_int(env, "LEDGER_DB_POOL_SIZE", 10, 1, 200),
             scoring_model=scoring_model,
+            max_body_bytes=_int(env, "LEDGER_MAX_BODY_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
         )

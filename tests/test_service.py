@@ -1,0 +1,182 @@
+"""The service around the API: body limits, database outages, readiness, configuration,
+schema application, and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+
+import asyncpg
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from api.app import create_app
+from api.cli import main
+from api.settings import ConfigurationError, Settings
+from ledger.db import connect
+from ledger.schema import apply_schema
+from tests.conftest import MakeDatabase, new_applicant
+
+UNREACHABLE = "postgresql://nobody@127.0.0.1:9/none?connect_timeout=1"
+
+
+@pytest.fixture
+async def app_without_database() -> AsyncIterator[FastAPI]:
+    app = create_app(Settings(app_env="test"), database_url=UNREACHABLE)
+    async with app.router.lifespan_context(app):
+        yield app
+
+
+async def test_bodies_over_the_limit_get_413_problem_json(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    async with pool.acquire() as connection:
+        before = await connection.fetchval("SELECT count(*) FROM events")
+    declared = await client.post(
+        "/lending/apply", content=b" " * 70_000, headers={"content-type": "application/json"}
+    )
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b" " * 1000
+
+    streamed = await client.post(
+        "/lending/apply", content=chunks(), headers={"content-type": "application/json"}
+    )
+    for response in (declared, streamed):
+        assert response.status_code == 413
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "urn:lending-ledger:problem:body-too-large"
+    async with pool.acquire() as connection:
+        assert await connection.fetchval("SELECT count(*) FROM events") == before
+    healthy = await client.get("/healthz")
+    assert healthy.status_code == 200
+
+
+async def test_without_a_database_writes_get_503_and_readyz_says_why(
+    app_without_database: FastAPI,
+) -> None:
+    transport = httpx.ASGITransport(app=app_without_database)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ledger.test") as client:
+        assert (await client.get("/healthz")).status_code == 200
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["status"] == "starting"
+        body = {"applicant_id": new_applicant(), "amount": 1, "income": 1, "employment_years": 1}
+        for response in (
+            await client.post("/lending/apply", json=body),
+            await client.get("/lending/applicants/cust_1001/history"),
+            await client.get("/events"),
+        ):
+            assert response.status_code == 503
+            assert response.headers["content-type"] == "application/problem+json"
+            assert response.headers["retry-after"] == "1"
+            assert "nothing was written" in response.json()["detail"]
+
+
+async def test_the_service_becomes_ready_once_the_database_appears(
+    make_database: MakeDatabase,
+) -> None:
+    """Start-up never blocks on the database: /readyz turns 200 once it connects."""
+    url = await make_database()
+    app = create_app(Settings(app_env="test"), database_url=url)
+    async with app.router.lifespan_context(app):
+        service = app.state.service
+        await service.wait_ready(30)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.get("/readyz")).json() == {"status": "ok", "detail": None}
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"APP_ENV": "staging"}, "APP_ENV"),
+        ({"LEDGER_PORT": "eighty"}, "LEDGER_PORT"),
+        ({"LEDGER_PORT": "70000"}, "LEDGER_PORT"),
+        ({"LEDGER_WORKERS": "0"}, "LEDGER_WORKERS"),
+        ({"LEDGER_SCORING_MODEL": "magic-v9"}, "LEDGER_SCORING_MODEL"),
+        ({"LEDGER_MAX_BODY_BYTES": "10"}, "LEDGER_MAX_BODY_BYTES"),
+    ],
+)
+def test_bad_configuration_is_refused_by_name(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message):
+        Settings.from_env(env)
+
+
+def test_configuration_defaults_and_overrides() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.host, defaults.port, defaults.workers, defaults.app_env) == (
+        "127.0.0.1",
+        8000,
+        1,
+        "development",
+    )
+    assert defaults.database_url is None
+    assert defaults.data_dir.name == "lending-ledger"
+    custom = Settings.from_env(
+        {"DATABASE_URL": "postgresql://x/y", "LEDGER_PORT": "9001", "LEDGER_DATA_DIR": "/tmp/d"}
+    )
+    assert (custom.database_url, custom.port, str(custom.data_dir)) == (
+        "postgresql://x/y",
+        9001,
+        "/tmp/d",
+    )
+
+
+def test_the_cli_reports_configuration_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LEDGER_PORT", "not-a-port")
+    assert main(["migrate"]) == 2
+    assert "LEDGER_PORT" in capsys.readouterr().err
+
+
+async def test_migrate_applies_the_schema_idempotently(make_database: MakeDatabase) -> None:
+    url = await make_database()  # schema already applied once
+    for _ in range(2):
+        finished = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "api.cli", "migrate"],
+            env={"DATABASE_URL": url, "PATH": "/usr/bin:/bin"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert finished.returncode == 0, finished.stderr
+        assert "schema applied" in finished.stdout
+    connection = await connect(url)
+    try:
+        tables = {
+            row["tablename"]
+            for row in await connection.fetch(
+                "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            )
+        }
+    finally:
+        await connection.close()
+    assert {
+        "events",
+        "ledger_log",
+        "ledger_cursor",
+        "loan_applications",
+        "application_history",
+        "projection_checkpoints",
+        "idempotency_keys",
+    } <= tables
+
+
+async def test_concurrent_schema_application_is_safe(make_database: MakeDatabase) -> None:
+    """Several workers starting at once all apply schema.sql: the advisory lock serialises."""
+    url = await make_database()
+    connections = [await connect(url) for _ in range(6)]
+    try:
+        await asyncio.gather(*(apply_schema(connection) for connection in connections))
+        cursor_rows = await connections[0].fetchval("SELECT count(*) FROM ledger_cursor")
+        assert cursor_rows == 1
+    finally:
+        for connection in connections:
+            await connection.close()
