@@ -93,12 +93,12 @@ async def test_the_service_works_on_system_postgresql(system_server: str) -> Non
         pool = await create_pool(system_server)
         try:
             assert await wait_until_sequenced(pool) == 9
-            async with pool.acquire() as connection:
-                feed = await whole_feed(connection)
+            async with pool.acquire() as pooled:
+                feed = await whole_feed(pooled)
                 assert [event.seq for event in feed] == list(range(1, 10))
-                await assert_read_models_equal_the_fold(connection)
+                await assert_read_models_equal_the_fold(pooled)
                 streams: dict[str, list[RecordedEvent]] = {}
-                for event in await all_events(connection):
+                for event in await all_events(pooled):
                     streams.setdefault(event.stream_id, []).append(event)
                 assert all(verify_stream(stream) is None for stream in streams.values())
         finally:
