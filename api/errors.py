@@ -179,7 +179,12 @@ async def _on_unsupported_media_type(request: Request, error: Exception) -> Resp
 
 
 async def _on_unexpected(request: Request, error: Exception) -> Response:
-    logger.exception("unexpected error during %s %s", request.method, request.url.path)
+    logger.exception(
+        "unexpected error during %s %s (correlation id %s)",
+        request.method,
+        request.url.path,
+        getattr(request.state, "correlation_id", None),
+    )
     return problem(500, "an unexpected error occurred; it has been logged")
 
 

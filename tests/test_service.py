@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -89,6 +90,48 @@ async def test_the_service_becomes_ready_once_the_database_appears(
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             assert (await client.get("/readyz")).json() == {"status": "ok", "detail": None}
+
+
+async def test_the_service_recovers_when_its_database_connections_are_killed(
+    make_database: MakeDatabase, server_url: str
+) -> None:
+    """Every backend of the service is killed (as in a database restart). The pool
+    replaces dead connections; a request that still meets one gets 503 problem+json,
+    never 500, and within a few requests writes succeed again."""
+    url = await make_database()
+    database = urlsplit(url).path.lstrip("/")
+    app = create_app(Settings(app_env="test"), database_url=url)
+    body = {"applicant_id": new_applicant(), "amount": 100, "income": 100, "employment_years": 1}
+    async with app.router.lifespan_context(app):
+        await app.state.service.wait_ready(30)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            assert (await client.post("/lending/apply", json=body)).status_code == 200
+            admin = await asyncpg.connect(server_url)
+            try:
+                killed = await admin.fetchval(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                    "WHERE datname = $1 AND pid <> pg_backend_pid()",
+                    database,
+                )
+            finally:
+                await admin.close()
+            assert killed >= 1
+            statuses = []
+            for _ in range(20):  # bounded: the pool replaces dead connections as they fail
+                response = await client.post("/lending/apply", json=body)
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    break
+                assert response.status_code == 503, response.text
+                assert response.headers["content-type"] == "application/problem+json"
+            assert statuses[-1] == 200, statuses
+    connection = await connect(url)
+    try:
+        written = await connection.fetchval("SELECT count(*) FROM loan_applications")
+    finally:
+        await connection.close()
+    assert written == 2  # the 503s wrote nothing
 
 
 @pytest.mark.parametrize(
