@@ -121,6 +121,8 @@ def create_app(
         summary="An event-sourced lending ledger: loan applications, scores and decisions "
         "as immutable, hash-chained events.",
         lifespan=lifespan,
+        # /lending/apply/ is a 404 problem, not a redirect a client may turn into a GET.
+        redirect_slashes=False,
     )
     register_error_handlers(app)
     app.include_router(router)

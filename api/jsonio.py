@@ -23,8 +23,24 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    # {"amount": 5, "amount": 5000} means different things to different parsers; a ledger
+    # must not guess which one the sender meant.
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise ValueError(f"duplicate key {key!r}")
+        document[key] = value
+    return document
+
+
 def loads_exact(body: bytes | str) -> Any:
-    return json.loads(body, parse_float=Decimal, parse_constant=_reject_constant)
+    return json.loads(
+        body,
+        parse_float=Decimal,
+        parse_constant=_reject_constant,
+        object_pairs_hook=_reject_duplicate_keys,
+    )
 
 
 class ExactJSONRequest(Request):
@@ -33,11 +49,13 @@ class ExactJSONRequest(Request):
             body = await self.body()
             try:
                 self._json = loads_exact(body)
+            except json.JSONDecodeError:
+                raise
             except ValueError as error:
-                if isinstance(error, json.JSONDecodeError):
-                    raise
-                # Invalid UTF-8 and NaN/Infinity: report them as JSON errors too.
+                # Invalid UTF-8, NaN/Infinity, duplicate keys: report them as JSON errors too.
                 raise json.JSONDecodeError(str(error), "", 0) from error
+            except RecursionError:
+                raise json.JSONDecodeError("nested too deeply", "", 0) from None
         return self._json
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -18,6 +19,8 @@ from ledger.application import (
 from ledger.events import RecordedEvent
 from projections.applications import ApplicationRow
 
+MONEY_STRING = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
+
 
 def _money_input(value: Any) -> Any:
     # bool is an int subclass in Python and a distinct type in JSON: never a number here.
@@ -25,6 +28,11 @@ def _money_input(value: Any) -> Any:
     # because they may already have lost the cents.
     if isinstance(value, bool | float):
         raise ValueError("must be a JSON number or a decimal string, not " + type(value).__name__)
+    # Decimal() alone would also read " 5000", "5_000", "1e3" and non-ASCII digits.
+    if isinstance(value, str) and not MONEY_STRING.fullmatch(value):
+        raise ValueError(
+            "a decimal string must be ASCII digits with up to 2 decimals, like 5000.10"
+        )
     return value
 
 
@@ -42,7 +50,7 @@ Money = Annotated[
         {
             "anyOf": [
                 {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 10_000_000_000},
-                {"type": "string", "pattern": r"^[0-9]+(\.[0-9]{1,2})?$"},
+                {"type": "string", "pattern": f"^{MONEY_STRING.pattern}$"},
             ],
             "description": "Greater than 0, below 10,000,000,000, at most 2 decimal places. "
             "A JSON number (parsed exactly, never as a float) or a decimal string.",
