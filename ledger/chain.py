@@ -1,4 +1,4 @@
-"""Verifying a stream's hash chain from its stored envelopes alone."""
+"""The hash chain: an event's hash, and verifying a stream from its stored envelopes alone."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ class ChainBreak:
     reason: str
 
 
-def recompute_hash(event: RecordedEvent) -> bytes:
+def hash_of_event(event: RecordedEvent) -> bytes:
+    """SHA-256 of the event's canonical envelope (its own `hash` field is not covered)."""
     return event_hash(
         envelope_for_hashing(
             stream_id=event.stream_id,
@@ -43,7 +44,7 @@ def verify_stream(events: Iterable[RecordedEvent]) -> ChainBreak | None:
             reason = f"expected stream version {expected_version}, found {event.stream_version}"
         elif event.prev_hash != expected_prev:
             reason = "prev_hash does not match the previous event's hash"
-        elif recompute_hash(event) != event.hash:
+        elif hash_of_event(event) != event.hash:
             reason = "hash does not match the event's contents"
         if reason is not None:
             return ChainBreak(event.stream_id, event.position, event.stream_version, reason)

@@ -5,13 +5,14 @@ command commit together or not at all."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
-from typing import Any
 
 import asyncpg
 
 from ledger import sql
-from ledger.canonical import GENESIS_HASH, envelope_for_hashing, event_hash
+from ledger.canonical import GENESIS_HASH
+from ledger.chain import hash_of_event
 from ledger.db import Connection
 from ledger.errors import ConcurrencyConflict
 from ledger.events import NewEvent, RecordedEvent
@@ -66,72 +67,46 @@ async def append(
         if version != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version)
 
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "stream_version",
-            "event_id",
-            "event_type",
-            "schema_version",
-            "data",
-            "metadata",
-            "prev_hash",
-            "hash",
-        )
-    }
-    envelopes = []
+    events: list[RecordedEvent] = []
     for offset, new in enumerate(new_events, start=1):
-        envelope = envelope_for_hashing(
+        unhashed = RecordedEvent(
+            position=0,  # assigned by the INSERT below
+            seq=None,  # assigned by the sequencer once the transaction has committed
             stream_id=stream_id,
             stream_version=expected_version + offset,
-            event_id=str(new.event_id),
+            event_id=new.event_id,
             event_type=new.event.event_type,
             schema_version=new.event.schema_version,
             data=new.event.to_data(),
             metadata=new.metadata.to_data(),
             recorded_at=recorded_at,
             prev_hash=prev_hash,
+            hash=b"",
         )
-        current_hash = event_hash(envelope)
-        envelopes.append((envelope, prev_hash, current_hash))
-        for name, value in (
-            ("stream_version", envelope["stream_version"]),
-            ("event_id", new.event_id),
-            ("event_type", envelope["event_type"]),
-            ("schema_version", envelope["schema_version"]),
-            ("data", envelope["data"]),
-            ("metadata", envelope["metadata"]),
-            ("prev_hash", prev_hash),
-            ("hash", current_hash),
-        ):
-            columns[name].append(value)
-        prev_hash = current_hash
+        events.append(replace(unhashed, hash=hash_of_event(unhashed)))
+        prev_hash = events[-1].hash
 
     try:
-        rows = await connection.fetch(sql.INSERT_EVENTS, stream_id, recorded_at, *columns.values())
+        rows = await connection.fetch(
+            sql.INSERT_EVENTS,
+            stream_id,
+            recorded_at,
+            [e.stream_version for e in events],
+            [e.event_id for e in events],
+            [e.event_type for e in events],
+            [e.schema_version for e in events],
+            [e.data for e in events],
+            [e.metadata for e in events],
+            [e.prev_hash for e in events],
+            [e.hash for e in events],
+        )
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version_unique":
             raise ConcurrencyConflict(stream_id, expected_version) from None
         raise
 
     positions = {row["stream_version"]: row["position"] for row in rows}
-    return [
-        RecordedEvent(
-            position=positions[envelope["stream_version"]],
-            seq=None,  # assigned by the sequencer once the transaction has committed
-            stream_id=stream_id,
-            stream_version=envelope["stream_version"],
-            event_id=new.event_id,
-            event_type=envelope["event_type"],
-            schema_version=envelope["schema_version"],
-            data=envelope["data"],
-            metadata=envelope["metadata"],
-            recorded_at=recorded_at,
-            prev_hash=previous,
-            hash=current,
-        )
-        for new, (envelope, previous, current) in zip(new_events, envelopes, strict=True)
-    ]
+    return [replace(e, position=positions[e.stream_version]) for e in events]
 
 
 async def read_stream(

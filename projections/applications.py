@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
@@ -24,6 +23,7 @@ from ledger.events import (
     ApplicationSubmitted,
     JsonObject,
     RecordedEvent,
+    decimal_to_json,
 )
 from projections import sql
 
@@ -70,24 +70,20 @@ class HistoryRow:
     recorded_at: datetime
 
 
-def _money(value: Decimal) -> str:
-    return str(value)
-
-
 def history_details(event: object) -> JsonObject | None:
     """What a timeline shows for an event; None for events that are not decision-relevant."""
     match event:
         case ApplicationSubmitted():
             return {
-                "amount": _money(event.amount),
-                "income": _money(event.income),
+                "amount": decimal_to_json(event.amount),
+                "income": decimal_to_json(event.income),
                 "employment_years": event.employment_years,
             }
         case ApplicationScored():
             return {
                 "model": f"{event.model_name}-{event.model_version}",
                 "model_fingerprint": event.model_fingerprint,
-                "risk_score": _money(event.risk_score),
+                "risk_score": decimal_to_json(event.risk_score),
                 "reason_codes": list(event.reason_codes),
             }
         case ApplicationDecided():

@@ -22,11 +22,6 @@ async def applicant_history(
     return [ApplicationRow.from_record(record) for record in records]
 
 
-async def application_timeline(connection: Connection, application_id: UUID) -> list[HistoryRow]:
-    records = await connection.fetch(sql.SELECT_APPLICATION_TIMELINE, application_id)
-    return [HistoryRow(**dict(record)) for record in records]
-
-
 async def all_applications(connection: Connection) -> dict[UUID, ApplicationRow]:
     records = await connection.fetch(sql.SELECT_ALL_APPLICATIONS)
     rows = (ApplicationRow.from_record(record) for record in records)

@@ -46,11 +46,6 @@ ORDER BY created_at DESC, application_id DESC
 LIMIT $2
 """
 
-SELECT_APPLICATION_TIMELINE = """
-SELECT application_id, stream_version, event_position, event_type, status, details, recorded_at
-FROM application_history WHERE application_id = $1 ORDER BY stream_version
-"""
-
 SELECT_ALL_APPLICATIONS = f"SELECT {APPLICATION_COLUMNS} FROM loan_applications"
 
 SELECT_ALL_HISTORY = """

@@ -103,7 +103,14 @@ async def apply(
     )
 
 
-async def apply_raw(client: httpx.AsyncClient, content: str) -> httpx.Response:
+async def apply_raw(
+    client: httpx.AsyncClient, applicant_id: str, amount: str, income: str, years: int
+) -> httpx.Response:
+    """POST with money written as these raw JSON number tokens, untouched by a serializer."""
+    content = (
+        f'{{"applicant_id": "{applicant_id}", "amount": {amount}, '
+        f'"income": {income}, "employment_years": {years}}}'
+    )
     return await client.post("/lending/apply", content=content.encode(), headers=JSON_HEADERS)
 
 
@@ -230,11 +237,7 @@ async def test_valid_money_is_stored_exactly(
     client: httpx.AsyncClient, pool: asyncpg.Pool, amount: str, stored: str
 ) -> None:
     applicant = new_applicant()
-    content = (
-        f'{{"applicant_id": "{applicant}", "amount": {amount}, '
-        '"income": 90000, "employment_years": 6}'
-    )
-    response = await apply_raw(client, content)
+    response = await apply_raw(client, applicant, amount, "90000", 6)
     assert response.status_code == 200, response.text
     assert f'"amount":{stored},' in response.text
     application = exact(response)
@@ -265,11 +268,7 @@ async def test_extreme_valid_values_are_scored_and_stored_exactly(
     decision: str,
 ) -> None:
     applicant = new_applicant()
-    content = (
-        f'{{"applicant_id": "{applicant}", "amount": {amount}, '
-        f'"income": {income}, "employment_years": {years}}}'
-    )
-    response = await apply_raw(client, content)
+    response = await apply_raw(client, applicant, amount, income, years)
     assert response.status_code == 200, response.text
     for token in (f'"amount":{amount},', f'"income":{income},', f'"risk_score":{risk_score},'):
         assert token in response.text
@@ -290,11 +289,7 @@ async def test_money_keeps_its_exact_digits_in_every_response(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:
     applicant = new_applicant()
-    content = (
-        f'{{"applicant_id": "{applicant}", "amount": 1234.56, '
-        '"income": 98765.43, "employment_years": 3}'
-    )
-    response = await apply_raw(client, content)
+    response = await apply_raw(client, applicant, "1234.56", "98765.43", 3)
     assert response.status_code == 200, response.text
     assert '"amount":1234.56,' in response.text
     assert '"income":98765.43,' in response.text

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from fractions import Fraction
@@ -14,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.application import SubmitApplication, decide, fold
-from ledger.canonical import GENESIS_HASH, canonical_bytes, envelope_for_hashing, event_hash
-from ledger.chain import verify_stream
+from ledger.canonical import GENESIS_HASH, canonical_bytes
+from ledger.chain import hash_of_event, verify_stream
 from ledger.events import DomainEvent, RecordedEvent, ScoringInputs
 from ledger.scoring import RATIO_V1
 from tests.strategies import any_money, years
@@ -62,37 +63,22 @@ def build_stream(events: list[DomainEvent], start: datetime) -> list[RecordedEve
             "causation_id": None,
             "idempotency_key": None,
         }
-        at = start + timedelta(microseconds=version)
-        digest = event_hash(
-            envelope_for_hashing(
-                stream_id=stream_id,
-                stream_version=version,
-                event_id=str(event_id),
-                event_type=event.event_type,
-                schema_version=event.schema_version,
-                data=event.to_data(),
-                metadata=metadata,
-                recorded_at=at,
-                prev_hash=prev,
-            )
+        unhashed = RecordedEvent(
+            position=version,
+            seq=None,
+            stream_id=stream_id,
+            stream_version=version,
+            event_id=event_id,
+            event_type=event.event_type,
+            schema_version=event.schema_version,
+            data=event.to_data(),
+            metadata=metadata,
+            recorded_at=start + timedelta(microseconds=version),
+            prev_hash=prev,
+            hash=b"",
         )
-        recorded.append(
-            RecordedEvent(
-                position=version,
-                seq=None,
-                stream_id=stream_id,
-                stream_version=version,
-                event_id=event_id,
-                event_type=event.event_type,
-                schema_version=event.schema_version,
-                data=event.to_data(),
-                metadata=metadata,
-                recorded_at=at,
-                prev_hash=prev,
-                hash=digest,
-            )
-        )
-        prev = digest
+        recorded.append(replace(unhashed, hash=hash_of_event(unhashed)))
+        prev = recorded[-1].hash
     return recorded
 
 
