@@ -8,10 +8,11 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.auth import authorize
 from api.errors import problem, register_error_handlers
 from api.routes import router
 from api.service import LedgerService
@@ -123,6 +124,8 @@ def create_app(
         lifespan=lifespan,
         # /lending/apply/ is a 404 problem, not a redirect a client may turn into a GET.
         redirect_slashes=False,
+        # Every route is authorised from one table, by operation_id (api/auth.py).
+        dependencies=[Depends(authorize)],
     )
     register_error_handlers(app)
     app.include_router(router)

@@ -3,6 +3,7 @@ idempotency record of one command commit together or not at all."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from uuid import UUID, uuid4
@@ -13,7 +14,8 @@ from api.jsonio import dumps, to_plain
 from api.models import Application, ApplyRequest
 from ledger import idempotency
 from ledger.application import SubmitApplication, decide, stream_id_for
-from ledger.events import EventMetadata, NewEvent
+from ledger.db import Connection
+from ledger.events import DomainEvent, EventMetadata, NewEvent
 from ledger.idempotency import StoredResponse
 from ledger.scoring import ScoringModel
 from ledger.store import append
@@ -35,6 +37,44 @@ class CommandResult:
     replayed: bool
 
 
+Work = Callable[[Connection], Awaitable[StoredResponse]]
+
+
+async def execute(pool: asyncpg.Pool, context: RequestContext, work: Work) -> CommandResult:
+    """Run `work` in one transaction, behind the request's idempotency key (if any).
+
+    A retry with the same key gets the stored response and runs nothing. An error raised
+    by `work` rolls everything back, the key's claim included, so a retry runs afresh.
+    """
+    async with pool.acquire() as connection, connection.transaction():
+        key = context.idempotency_key
+        if key is not None:
+            stored = await idempotency.claim(connection, key, context.fingerprint)
+            if stored is not None:
+                return CommandResult(stored, replayed=True)
+        response = await work(connection)
+        if key is not None:
+            await idempotency.save(connection, key, response)
+        return CommandResult(response, replayed=False)
+
+
+def with_metadata(events: Sequence[DomainEvent], context: RequestContext) -> list[NewEvent]:
+    """Envelopes for the events of one command: each is caused by the one before it."""
+    causation: UUID | None = None
+    new_events = []
+    for event in events:
+        event_id = uuid4()
+        metadata = EventMetadata(
+            actor=context.actor,
+            correlation_id=context.correlation_id,
+            causation_id=str(causation) if causation else None,
+            idempotency_key=context.idempotency_key,
+        )
+        new_events.append(NewEvent(event_id, event, metadata))
+        causation = event_id
+    return new_events
+
+
 async def submit_application(
     pool: asyncpg.Pool,
     request: ApplyRequest,
@@ -49,34 +89,20 @@ async def submit_application(
         income=request.income,
         employment_years=request.employment_years,
     )
-    async with pool.acquire() as connection, connection.transaction():
-        key = context.idempotency_key
-        if key is not None:
-            stored = await idempotency.claim(connection, key, context.fingerprint)
-            if stored is not None:
-                return CommandResult(stored, replayed=True)
 
+    async def work(connection: Connection) -> StoredResponse:
         events = decide(None, command, now, model)
-        causation: UUID | None = None
-        new_events = []
-        for event in events:
-            event_id = uuid4()
-            metadata = EventMetadata(
-                actor=context.actor,
-                correlation_id=context.correlation_id,
-                causation_id=str(causation) if causation else None,
-                idempotency_key=key,
-            )
-            new_events.append(NewEvent(event_id, event, metadata))
-            causation = event_id  # each event is caused by the one before it
         recorded = await append(
-            connection, stream_id_for(command.application_id), 0, new_events, now
+            connection,
+            stream_id_for(command.application_id),
+            0,
+            with_metadata(events, context),
+            now,
         )
         await project_inline(connection, recorded)
-
         rows, _ = fold_applications(recorded)
-        body = dumps(to_plain(Application.from_row(rows[command.application_id])))
-        response = StoredResponse(200, body)
-        if key is not None:
-            await idempotency.save(connection, key, response)
-        return CommandResult(response, replayed=False)
+        return StoredResponse(
+            200, dumps(to_plain(Application.from_row(rows[command.application_id])))
+        )
+
+    return await execute(pool, context, work)

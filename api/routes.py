@@ -10,6 +10,7 @@ from uuid import UUID
 import asyncpg
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 
+from api.auth import PrincipalDep
 from api.commands import RequestContext, submit_application
 from api.errors import PROBLEM_MEDIA_TYPE, UnsupportedMediaType
 from api.jsonio import ExactJSONRoute, JSONResponse
@@ -85,12 +86,13 @@ async def apply(
     request: Request,
     service: ServiceDep,
     pool: PoolDep,
+    principal: PrincipalDep,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
     """Appends `ApplicationSubmitted`, `ApplicationScored` and `ApplicationDecided` to a new
     stream in one transaction, and updates the read models in the same transaction."""
     context = RequestContext(
-        actor="anonymous",
+        actor=principal.actor,
         correlation_id=request.state.correlation_id,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("POST", "/lending/apply", body.model_dump(mode="json")),

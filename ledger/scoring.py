@@ -10,6 +10,7 @@ model version on the same inputs reproduces the same score, byte for byte.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Protocol
@@ -22,8 +23,11 @@ from ledger.events import ScoringInputs
 class Score:
     risk_score: Decimal
     decision: str  # "approved" | "review"
-    reason_codes: tuple[str, ...]
+    reason_codes: tuple[str, ...]  # ranked: the principal reason first
     rule: str
+    # For "review": the outcome the model recommends to the analyst ("approved" or
+    # "declined"), or None when it makes no recommendation. A model never declines itself.
+    recommended_outcome: str | None = None
 
 
 class ScoringModel(Protocol):
@@ -35,6 +39,12 @@ class ScoringModel(Protocol):
 
     @property
     def fingerprint(self) -> str: ...
+
+    @property
+    def reason_catalogue(self) -> Mapping[str, str]:
+        """Every reason code the model (or an analyst deciding on its score) may cite,
+        with the text an adverse-action notice would show."""
+        ...
 
     def score(self, inputs: ScoringInputs) -> Score: ...
 
@@ -77,6 +87,12 @@ class RatioModel:
     def fingerprint(self) -> str:
         return fingerprint_of(self.name, self.version, self.parameters)
 
+    @property
+    def reason_catalogue(self) -> Mapping[str, str]:
+        # ratio-v1 scores cite no reasons (its recorded scores must reproduce as they are);
+        # this catalogue is what an analyst may cite when declining one of its reviews.
+        return RATIO_V1_REASONS
+
     def score(self, inputs: ScoringInputs) -> Score:
         context = Context(prec=self.precision, rounding=ROUND_HALF_EVEN)
         ratio_points = context.divide(
@@ -91,6 +107,13 @@ class RatioModel:
             )
         return Score(risk_score, "review", (), f"score {risk_score} < {self.approve_at_or_above}")
 
+
+RATIO_V1_REASONS: Mapping[str, str] = {
+    "INCOME_LOW_FOR_AMOUNT": "Income is too low for the amount requested",
+    "EMPLOYMENT_HISTORY_SHORT": "Length of employment is too short",
+    "AMOUNT_TOO_HIGH": "The amount requested is too high",
+    "UNABLE_TO_VERIFY": "Unable to verify the information provided",
+}
 
 RATIO_V1 = RatioModel()
 
