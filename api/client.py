@@ -47,8 +47,12 @@ class LedgerClient:
         timeout: float = 10.0,
         retries: int = 3,
         backoff: float = 0.2,
+        api_key: str | None = None,
     ) -> None:
-        self._http = httpx.AsyncClient(base_url=base_url, transport=transport, timeout=timeout)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else None
+        self._http = httpx.AsyncClient(
+            base_url=base_url, transport=transport, timeout=timeout, headers=headers
+        )
         self._retries = retries
         self._backoff = backoff
 
@@ -87,6 +91,21 @@ class LedgerClient:
             raise LedgerAPIError(response.status_code, body if isinstance(body, dict) else {})
         return body
 
+    async def _write(
+        self,
+        path: str,
+        body: Json,
+        *,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """POST with an Idempotency-Key (a new one unless given): retries reuse it, so a
+        retried write is applied at most once."""
+        key = idempotency_key or str(uuid.uuid4())
+        return await self._request(
+            "POST", path, json=body, headers={"Idempotency-Key": key, **(headers or {})}
+        )
+
     async def apply(
         self,
         applicant_id: str,
@@ -102,10 +121,113 @@ class LedgerClient:
             "income": str(income),
             "employment_years": employment_years,
         }
-        key = idempotency_key or str(uuid.uuid4())
-        result: Json = await self._request(
-            "POST", "/lending/apply", json=body, headers={"Idempotency-Key": key}
+        result: Json = await self._write("/lending/apply", body, idempotency_key=idempotency_key)
+        return result
+
+    async def review(
+        self,
+        application_id: str,
+        outcome: Literal["approved", "declined"],
+        *,
+        expected_version: int,
+        justification: str,
+        reason_codes: list[str] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Json:
+        """An analyst's decision on an application in review, at the version they saw."""
+        body = {
+            "outcome": outcome,
+            "reason_codes": reason_codes or [],
+            "justification": justification,
+            "expected_version": expected_version,
+        }
+        result: Json = await self._write(
+            f"/lending/applications/{application_id}/review",
+            body,
+            idempotency_key=idempotency_key,
         )
+        return result
+
+    async def withdraw(
+        self,
+        application_id: str,
+        reason: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Json:
+        body: Json = {"reason": reason, "expected_version": expected_version}
+        result: Json = await self._write(
+            f"/lending/applications/{application_id}/withdraw",
+            body,
+            idempotency_key=idempotency_key,
+        )
+        return result
+
+    async def request_manual_review(
+        self,
+        application_id: str,
+        reason: str,
+        *,
+        expected_version: int | None = None,
+        idempotency_key: str | None = None,
+    ) -> Json:
+        body: Json = {"reason": reason, "expected_version": expected_version}
+        result: Json = await self._write(
+            f"/lending/applications/{application_id}/manual-review",
+            body,
+            idempotency_key=idempotency_key,
+        )
+        return result
+
+    async def record_agent_action(
+        self,
+        application_id: str,
+        *,
+        agent_id: str,
+        model_name: str,
+        output: str,
+        action: Literal["request_more_data", "manual_review", "auto_process", "other"],
+        rationale: str,
+        prompt: str | None = None,
+        prompt_sha256: str | None = None,
+        prompt_ref: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> Json:
+        body: Json = {
+            "agent_id": agent_id,
+            "model_name": model_name,
+            "prompt": prompt,
+            "prompt_sha256": prompt_sha256,
+            "prompt_ref": prompt_ref,
+            "output": output,
+            "action": action,
+            "rationale": rationale,
+        }
+        result: Json = await self._write(
+            f"/lending/applications/{application_id}/agent-actions",
+            body,
+            idempotency_key=idempotency_key,
+        )
+        return result
+
+    async def review_queue(
+        self,
+        status: Literal["pending", "completed"] = "pending",
+        *,
+        limit: int = 20,
+        cursor: str | None = None,
+    ) -> Json:
+        """One page: {"items": [...], "next_cursor": ...}."""
+        params: dict[str, str | int] = {"status": status, "limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        result: Json = await self._request("GET", "/lending/reviews", params=params)
+        return result
+
+    async def reason_codes(self, model: str | None = None) -> list[Json]:
+        params = {"model": model} if model else None
+        result: list[Json] = await self._request("GET", "/lending/reason-codes", params=params)
         return result
 
     async def history(self, applicant_id: str, limit: int = 10) -> list[Json]:

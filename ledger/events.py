@@ -33,16 +33,23 @@ class DomainEvent(Protocol):
     def to_data(self) -> JsonObject: ...
 
 
+UNKNOWN_ACTOR = "unknown"
+"""Who did it, for events of a schema version that did not record it."""
+
+
 @dataclass(frozen=True, slots=True)
 class ApplicationSubmitted:
+    """v2 added `submitted_by` (maker-checker needs it); v1 data is upcast to UNKNOWN_ACTOR."""
+
     event_type: ClassVar[str] = "ApplicationSubmitted"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
 
     application_id: UUID
     applicant_id: str
     amount: Decimal
     income: Decimal
     employment_years: int
+    submitted_by: str = UNKNOWN_ACTOR
 
     def to_data(self) -> JsonObject:
         return {
@@ -51,6 +58,7 @@ class ApplicationSubmitted:
             "amount": decimal_to_json(self.amount),
             "income": decimal_to_json(self.income),
             "employment_years": self.employment_years,
+            "submitted_by": self.submitted_by,
         }
 
     @classmethod
@@ -61,6 +69,7 @@ class ApplicationSubmitted:
             amount=Decimal(data["amount"]),
             income=Decimal(data["income"]),
             employment_years=int(data["employment_years"]),
+            submitted_by=data["submitted_by"],
         )
 
 
@@ -127,13 +136,17 @@ class ApplicationScored:
 
 @dataclass(frozen=True, slots=True)
 class ApplicationDecided:
+    """The automatic decision. v2 added `recommended_outcome` (None when upcast from v1)."""
+
     event_type: ClassVar[str] = "ApplicationDecided"
-    schema_version: ClassVar[int] = 1
+    schema_version: ClassVar[int] = 2
 
     application_id: UUID
     decision: str  # "approved" | "review"
     decided_by: str  # who decided: "policy:<model>" for the automatic decision
     rule: str  # the rule that produced it, in words, for the audit trail
+    # For "review": what the model recommends the analyst do ("approved" | "declined").
+    recommended_outcome: str | None = None
 
     def to_data(self) -> JsonObject:
         return {
@@ -141,6 +154,7 @@ class ApplicationDecided:
             "decision": self.decision,
             "decided_by": self.decided_by,
             "rule": self.rule,
+            "recommended_outcome": self.recommended_outcome,
         }
 
     @classmethod
@@ -150,6 +164,155 @@ class ApplicationDecided:
             decision=data["decision"],
             decided_by=data["decided_by"],
             rule=data["rule"],
+            recommended_outcome=data["recommended_outcome"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ManualReviewRequested:
+    """An agent (or analyst) sent an automatically approved application to an analyst."""
+
+    event_type: ClassVar[str] = "ManualReviewRequested"
+    schema_version: ClassVar[int] = 1
+
+    application_id: UUID
+    requested_by: str
+    reason: str
+
+    def to_data(self) -> JsonObject:
+        return {
+            "application_id": str(self.application_id),
+            "requested_by": self.requested_by,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ManualReviewRequested:
+        return cls(UUID(data["application_id"]), data["requested_by"], data["reason"])
+
+
+@dataclass(frozen=True, slots=True)
+class ReasonCode:
+    """A reason as cited: the code and the catalogue's text at the time, both recorded."""
+
+    code: str
+    text: str
+
+    def to_data(self) -> JsonObject:
+        return {"code": self.code, "text": self.text}
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ReasonCode:
+        return cls(data["code"], data["text"])
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationReviewed:
+    """An analyst's decision on an application in review: it ends approved or declined."""
+
+    event_type: ClassVar[str] = "ApplicationReviewed"
+    schema_version: ClassVar[int] = 1
+
+    application_id: UUID
+    outcome: str  # "approved" | "declined"
+    reviewer: str
+    reason_codes: tuple[ReasonCode, ...]
+    justification: str
+    catalogue: str  # the model whose reason catalogue the codes come from, "<name>-<version>"
+
+    def to_data(self) -> JsonObject:
+        return {
+            "application_id": str(self.application_id),
+            "outcome": self.outcome,
+            "reviewer": self.reviewer,
+            "reason_codes": [reason.to_data() for reason in self.reason_codes],
+            "justification": self.justification,
+            "catalogue": self.catalogue,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ApplicationReviewed:
+        return cls(
+            application_id=UUID(data["application_id"]),
+            outcome=data["outcome"],
+            reviewer=data["reviewer"],
+            reason_codes=tuple(ReasonCode.from_data(item) for item in data["reason_codes"]),
+            justification=data["justification"],
+            catalogue=data["catalogue"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApplicationWithdrawn:
+    event_type: ClassVar[str] = "ApplicationWithdrawn"
+    schema_version: ClassVar[int] = 1
+
+    application_id: UUID
+    withdrawn_by: str
+    channel: str  # "applicant" (an agent acting for the applicant) | "analyst"
+    reason: str
+
+    def to_data(self) -> JsonObject:
+        return {
+            "application_id": str(self.application_id),
+            "withdrawn_by": self.withdrawn_by,
+            "channel": self.channel,
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> ApplicationWithdrawn:
+        return cls(
+            UUID(data["application_id"]), data["withdrawn_by"], data["channel"], data["reason"]
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AgentActionRecorded:
+    """What an AI agent did on an application and why, for the audit trail.
+
+    The prompt itself is optional (it may hold personal data); its SHA-256 is always
+    recorded, so a prompt kept elsewhere (`prompt_ref`) can be proven to be the one used.
+    """
+
+    event_type: ClassVar[str] = "AgentActionRecorded"
+    schema_version: ClassVar[int] = 1
+
+    application_id: UUID
+    agent_id: str
+    model_name: str
+    prompt: str | None
+    prompt_sha256: str
+    prompt_ref: str | None
+    output: str
+    action: str
+    rationale: str
+
+    def to_data(self) -> JsonObject:
+        return {
+            "application_id": str(self.application_id),
+            "agent_id": self.agent_id,
+            "model_name": self.model_name,
+            "prompt": self.prompt,
+            "prompt_sha256": self.prompt_sha256,
+            "prompt_ref": self.prompt_ref,
+            "output": self.output,
+            "action": self.action,
+            "rationale": self.rationale,
+        }
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> AgentActionRecorded:
+        return cls(
+            application_id=UUID(data["application_id"]),
+            agent_id=data["agent_id"],
+            model_name=data["model_name"],
+            prompt=data["prompt"],
+            prompt_sha256=data["prompt_sha256"],
+            prompt_ref=data["prompt_ref"],
+            output=data["output"],
+            action=data["action"],
+            rationale=data["rationale"],
         )
 
 
@@ -189,10 +352,27 @@ class EventRegistry:
         return sorted(self._decoders)
 
 
+def _submitted_v1_to_v2(data: Mapping[str, Any]) -> JsonObject:
+    return {**data, "submitted_by": UNKNOWN_ACTOR}
+
+
+def _decided_v1_to_v2(data: Mapping[str, Any]) -> JsonObject:
+    return {**data, "recommended_outcome": None}
+
+
 REGISTRY = EventRegistry()
-REGISTRY.register(ApplicationSubmitted.event_type, 1, ApplicationSubmitted.from_data)
-REGISTRY.register(ApplicationScored.event_type, 1, ApplicationScored.from_data)
-REGISTRY.register(ApplicationDecided.event_type, 1, ApplicationDecided.from_data)
+for _event_class in (
+    ApplicationSubmitted,
+    ApplicationScored,
+    ApplicationDecided,
+    ManualReviewRequested,
+    ApplicationReviewed,
+    ApplicationWithdrawn,
+    AgentActionRecorded,
+):
+    REGISTRY.register(_event_class.event_type, _event_class.schema_version, _event_class.from_data)
+REGISTRY.register_upcaster(ApplicationSubmitted.event_type, 1, _submitted_v1_to_v2)
+REGISTRY.register_upcaster(ApplicationDecided.event_type, 1, _decided_v1_to_v2)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,14 +14,19 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
+import orjson
 
-from ledger.application import STREAM_PREFIX, ApplicationState, evolve
+from ledger.application import STATUS_IN_REVIEW, STREAM_PREFIX, ApplicationState, evolve
 from ledger.db import Connection
 from ledger.events import (
+    AgentActionRecorded,
     ApplicationDecided,
+    ApplicationReviewed,
     ApplicationScored,
     ApplicationSubmitted,
+    ApplicationWithdrawn,
     JsonObject,
+    ManualReviewRequested,
     RecordedEvent,
     decimal_to_json,
 )
@@ -36,6 +41,8 @@ class ApplicationRow:
     created_at: datetime
     updated_at: datetime
     last_event_position: int
+    in_review_since: datetime | None = None  # when it last entered review (queue order)
+    reviewed_at: datetime | None = None
 
     @classmethod
     def from_record(cls, row: asyncpg.Record | dict[str, Any]) -> ApplicationRow:
@@ -52,10 +59,16 @@ class ApplicationRow:
                 decision=row["decision"],
                 scoring_model=row["scoring_model"],
                 scoring_model_version=row["scoring_model_version"],
+                submitted_by=row["submitted_by"],
+                decided_by=row["decided_by"],
+                recommended_outcome=row["recommended_outcome"],
+                reason_codes=tuple(row["reason_codes"]),
             ),
             created_at=row["created_at"],
             updated_at=row["updated_at"],
             last_event_position=row["last_event_position"],
+            in_review_since=row["in_review_since"],
+            reviewed_at=row["reviewed_at"],
         )
 
 
@@ -78,6 +91,7 @@ def history_details(event: object) -> JsonObject | None:
                 "amount": decimal_to_json(event.amount),
                 "income": decimal_to_json(event.income),
                 "employment_years": event.employment_years,
+                "submitted_by": event.submitted_by,
             }
         case ApplicationScored():
             return {
@@ -87,7 +101,35 @@ def history_details(event: object) -> JsonObject | None:
                 "reason_codes": list(event.reason_codes),
             }
         case ApplicationDecided():
-            return {"decision": event.decision, "decided_by": event.decided_by, "rule": event.rule}
+            return {
+                "decision": event.decision,
+                "decided_by": event.decided_by,
+                "rule": event.rule,
+                "recommended_outcome": event.recommended_outcome,
+            }
+        case ManualReviewRequested():
+            return {"requested_by": event.requested_by, "reason": event.reason}
+        case ApplicationReviewed():
+            return {
+                "outcome": event.outcome,
+                "reviewer": event.reviewer,
+                "reason_codes": [reason.to_data() for reason in event.reason_codes],
+                "justification": event.justification,
+            }
+        case ApplicationWithdrawn():
+            return {
+                "withdrawn_by": event.withdrawn_by,
+                "channel": event.channel,
+                "reason": event.reason,
+            }
+        case AgentActionRecorded():
+            return {
+                "agent_id": event.agent_id,
+                "model_name": event.model_name,
+                "action": event.action,
+                "rationale": event.rationale,
+                "prompt_sha256": event.prompt_sha256,
+            }
     return None
 
 
@@ -96,12 +138,20 @@ def project(
 ) -> tuple[ApplicationRow, HistoryRow | None]:
     """The pure fold step: the row after `event`, and the timeline entry it adds."""
     domain_event = event.decode()
-    state = evolve(row.state if row else None, domain_event)
+    before = row.state if row else None
+    state = evolve(before, domain_event)
+    in_review_since = row.in_review_since if row else None
+    if state.status == STATUS_IN_REVIEW and (before is None or before.status != STATUS_IN_REVIEW):
+        in_review_since = event.recorded_at
     new_row = ApplicationRow(
         state=state,
         created_at=row.created_at if row else event.recorded_at,
         updated_at=event.recorded_at,
         last_event_position=event.position,
+        in_review_since=in_review_since,
+        reviewed_at=event.recorded_at
+        if isinstance(domain_event, ApplicationReviewed)
+        else (row.reviewed_at if row else None),
     )
     details = history_details(domain_event)
     entry = None
@@ -165,7 +215,7 @@ class ApplicationsProjector:
 
 
 def _application_columns(rows: Any) -> list[list[Any]]:
-    columns: list[list[Any]] = [[] for _ in range(14)]
+    columns: list[list[Any]] = [[] for _ in range(20)]
     for row in rows:
         s = row.state
         values = (
@@ -183,6 +233,12 @@ def _application_columns(rows: Any) -> list[list[Any]]:
             row.updated_at,
             s.version,
             row.last_event_position,
+            s.submitted_by,
+            s.decided_by,
+            s.recommended_outcome,
+            orjson.dumps(list(s.reason_codes)).decode(),
+            row.in_review_since,
+            row.reviewed_at,
         )
         for column, value in zip(columns, values, strict=True):
             column.append(value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from uuid import UUID
 
 from ledger.db import Connection
@@ -19,6 +20,20 @@ async def applicant_history(
 ) -> list[ApplicationRow]:
     """An applicant's applications, newest first."""
     records = await connection.fetch(sql.SELECT_APPLICANT_HISTORY, applicant_id, limit)
+    return [ApplicationRow.from_record(record) for record in records]
+
+
+_QUEUE_START = (datetime(1, 1, 1, tzinfo=UTC), UUID(int=0))
+
+
+async def review_queue(
+    connection: Connection, pending: bool, after: tuple[datetime, UUID] | None, limit: int
+) -> list[ApplicationRow]:
+    """Pending reviews in the order they entered review, or completed ones in the order they
+    were reviewed; `after` is the (time, application id) of the previous page's last row."""
+    moment, application_id = after or _QUEUE_START
+    statement = sql.SELECT_REVIEWS_PENDING if pending else sql.SELECT_REVIEWS_COMPLETED
+    records = await connection.fetch(statement, moment, application_id, limit)
     return [ApplicationRow.from_record(record) for record in records]
 
 

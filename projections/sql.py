@@ -9,18 +9,31 @@ from __future__ import annotations
 APPLICATION_COLUMNS = """
     application_id, applicant_id, amount, income, employment_years, risk_score, decision,
     status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
-    last_event_position
+    last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
+    in_review_since, reviewed_at
 """
 
 SELECT_APPLICATIONS_BY_ID = f"""
 SELECT {APPLICATION_COLUMNS} FROM loan_applications WHERE application_id = ANY($1::uuid[])
 """
 
+# reason_codes travel as JSON text: asyncpg would read a list inside the jsonb[] array
+# parameter as another array dimension.
 UPSERT_APPLICATIONS = f"""
 INSERT INTO loan_applications ({APPLICATION_COLUMNS})
-SELECT * FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::integer[],
-                     $6::numeric[], $7::text[], $8::text[], $9::text[], $10::text[],
-                     $11::timestamptz[], $12::timestamptz[], $13::integer[], $14::bigint[])
+SELECT u.application_id, u.applicant_id, u.amount, u.income, u.employment_years, u.risk_score,
+       u.decision, u.status, u.scoring_model, u.scoring_model_version, u.created_at,
+       u.updated_at, u.stream_version, u.last_event_position, u.submitted_by, u.decided_by,
+       u.recommended_outcome, u.reason_codes::jsonb, u.in_review_since, u.reviewed_at
+FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::integer[],
+            $6::numeric[], $7::text[], $8::text[], $9::text[], $10::text[],
+            $11::timestamptz[], $12::timestamptz[], $13::integer[], $14::bigint[],
+            $15::text[], $16::text[], $17::text[], $18::text[], $19::timestamptz[],
+            $20::timestamptz[])
+     AS u(application_id, applicant_id, amount, income, employment_years, risk_score,
+          decision, status, scoring_model, scoring_model_version, created_at, updated_at,
+          stream_version, last_event_position, submitted_by, decided_by, recommended_outcome,
+          reason_codes, in_review_since, reviewed_at)
 ON CONFLICT (application_id) DO UPDATE SET
     risk_score = EXCLUDED.risk_score,
     decision = EXCLUDED.decision,
@@ -29,7 +42,12 @@ ON CONFLICT (application_id) DO UPDATE SET
     scoring_model_version = EXCLUDED.scoring_model_version,
     updated_at = EXCLUDED.updated_at,
     stream_version = EXCLUDED.stream_version,
-    last_event_position = EXCLUDED.last_event_position
+    last_event_position = EXCLUDED.last_event_position,
+    decided_by = EXCLUDED.decided_by,
+    recommended_outcome = EXCLUDED.recommended_outcome,
+    reason_codes = EXCLUDED.reason_codes,
+    in_review_since = EXCLUDED.in_review_since,
+    reviewed_at = EXCLUDED.reviewed_at
 """
 
 INSERT_HISTORY = """
@@ -44,6 +62,22 @@ SELECT {APPLICATION_COLUMNS} FROM loan_applications
 WHERE applicant_id = $1
 ORDER BY created_at DESC, application_id DESC
 LIMIT $2
+"""
+
+# Keyset pagination over the partial indexes loan_applications_review_pending / _completed:
+# (time, id) > (cursor) continues exactly after the last row of the previous page.
+SELECT_REVIEWS_PENDING = f"""
+SELECT {APPLICATION_COLUMNS} FROM loan_applications
+WHERE status = 'in_review' AND (in_review_since, application_id) > ($1, $2)
+ORDER BY in_review_since, application_id
+LIMIT $3
+"""
+
+SELECT_REVIEWS_COMPLETED = f"""
+SELECT {APPLICATION_COLUMNS} FROM loan_applications
+WHERE reviewed_at IS NOT NULL AND (reviewed_at, application_id) > ($1, $2)
+ORDER BY reviewed_at, application_id
+LIMIT $3
 """
 
 SELECT_ALL_APPLICATIONS = f"SELECT {APPLICATION_COLUMNS} FROM loan_applications"

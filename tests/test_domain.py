@@ -23,6 +23,7 @@ from ledger.application import (
 from ledger.errors import InvalidCommand, UnknownEventType
 from ledger.events import (
     REGISTRY,
+    UNKNOWN_ACTOR,
     ApplicationDecided,
     ApplicationScored,
     ApplicationSubmitted,
@@ -208,13 +209,44 @@ def test_registry_round_trips_every_event() -> None:
 
 
 def test_registry_upcasts_old_versions_on_read() -> None:
+    application_id = str(uuid4())
+    submitted_v1 = {
+        "application_id": application_id,
+        "applicant_id": "abc",
+        "amount": "1.00",
+        "income": "2.00",
+        "employment_years": 4,
+    }
+    submitted = REGISTRY.decode("ApplicationSubmitted", 1, submitted_v1)
+    assert isinstance(submitted, ApplicationSubmitted)
+    assert submitted.submitted_by == UNKNOWN_ACTOR
+    assert submitted.employment_years == 4
+    assert submitted.to_data() == {**submitted_v1, "submitted_by": UNKNOWN_ACTOR}
+
+    decided_v1 = {
+        "application_id": application_id,
+        "decision": "review",
+        "decided_by": "policy:ratio-v1",
+        "rule": "score 12.00 < 80",
+    }
+    decided = REGISTRY.decode("ApplicationDecided", 1, decided_v1)
+    assert isinstance(decided, ApplicationDecided)
+    assert decided.recommended_outcome is None
+    assert decided.decision == "review"
+
+
+def test_registry_upcasts_through_a_renamed_field() -> None:
     registry = EventRegistry()
     registry.register("ApplicationSubmitted", 2, ApplicationSubmitted.from_data)
-    # version 1 (hypothetically) called the field "years"
+    # a hypothetical version 1 that called the field "years" and had no submitter
     registry.register_upcaster(
         "ApplicationSubmitted",
         1,
-        lambda d: {**{k: v for k, v in d.items() if k != "years"}, "employment_years": d["years"]},
+        lambda d: {
+            **{k: v for k, v in d.items() if k != "years"},
+            "employment_years": d["years"],
+            "submitted_by": UNKNOWN_ACTOR,
+        },
     )
     old = {
         "application_id": str(uuid4()),
@@ -234,7 +266,7 @@ def test_registry_refuses_unknown_types_and_duplicates() -> None:
     with pytest.raises(UnknownEventType):
         REGISTRY.decode("ApplicationSubmitted", 99, {})
     with pytest.raises(ValueError, match="twice"):
-        REGISTRY.register("ApplicationSubmitted", 1, ApplicationSubmitted.from_data)
+        REGISTRY.register("ApplicationSubmitted", 2, ApplicationSubmitted.from_data)
 
 
 def test_events_are_frozen() -> None:

@@ -85,6 +85,69 @@ async def test_read_models_are_the_fold_of_the_events(
         await assert_read_models_equal_the_fold(connection)
 
 
+@dataclass(frozen=True)
+class Act:
+    target: int  # which of the applications made so far
+    action: str
+    stale: bool
+
+
+workflow_steps = st.lists(
+    st.builds(
+        Act,
+        target=st.integers(0, 5),
+        action=st.sampled_from(["approve", "decline", "withdraw", "escalate", "agent"]),
+        stale=st.booleans(),
+    ),
+    max_size=10,
+)
+WORKFLOW_BODIES: dict[str, tuple[str, dict[str, object]]] = {
+    "approve": ("review", {"outcome": "approved", "justification": "ok"}),
+    "decline": (
+        "review",
+        {"outcome": "declined", "reason_codes": ["UNABLE_TO_VERIFY"], "justification": "no"},
+    ),
+    "withdraw": ("withdraw", {"reason": "changed mind"}),
+    "escalate": ("manual-review", {"reason": "check"}),
+    "agent": (
+        "agent-actions",
+        {"agent_id": "a1", "model_name": "m", "prompt": "p", "output": "o", "action": "other",
+         "rationale": "r"},
+    ),
+}  # fmt: skip
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.sampled_from(["5000", "50000"]), min_size=1, max_size=6), workflow_steps)
+async def test_read_models_stay_the_fold_through_the_workflow(
+    client: httpx.AsyncClient, pool: asyncpg.Pool, amounts: list[str], steps: list[Act]
+) -> None:
+    applications = []
+    for amount in amounts:
+        response = await client.post(
+            "/lending/apply",
+            json={"applicant_id": "wf_prop", "amount": amount, "income": "12000",
+                  "employment_years": 1},
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+        applications.append(response.json())
+    for step in steps:
+        application = applications[step.target % len(applications)]
+        current = await client.get(f"/lending/applications/{application['application_id']}")
+        version = current.json()["stream_version"] - (1 if step.stale else 0)
+        action, body = WORKFLOW_BODIES[step.action]
+        response = await client.post(
+            f"/lending/applications/{application['application_id']}/{action}",
+            json={**body, "expected_version": version},
+        )
+        assert response.status_code in {200, 201, 409}, response.text
+        assert response.status_code != 409 or step.stale or "current_status" in response.json()
+    async with pool.acquire() as connection:
+        await assert_read_models_equal_the_fold(connection)
+
+
 async def test_the_runner_builds_the_same_tables_from_the_ledger_log(
     client: httpx.AsyncClient, pool: asyncpg.Pool
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from uuid import UUID, uuid4
@@ -12,7 +13,7 @@ import pytest
 
 from ledger.application import SubmitApplication, decide, stream_id_for
 from ledger.chain import verify_stream
-from ledger.db import connect
+from ledger.db import connect, create_pool
 from ledger.errors import ConcurrencyConflict
 from ledger.events import ApplicationDecided, EventMetadata, NewEvent, RecordedEvent
 from ledger.scoring import RATIO_V1
@@ -21,6 +22,15 @@ from ledger.store import append, read_stream, stream_head
 from tests.conftest import MakeDatabase
 
 METADATA = EventMetadata(actor="test", correlation_id="corr-1")
+
+
+@pytest.fixture(scope="module")
+async def pool(make_database: MakeDatabase) -> AsyncIterator[asyncpg.Pool]:
+    """A database of this module's own: these tests append events without projecting them,
+    which would break the "read models equal the fold" checks on the shared database."""
+    own = await create_pool(await make_database(), min_size=1, max_size=10)
+    yield own
+    await own.close()
 
 
 def application_events(applicant: str = "cust_store") -> tuple[str, list[NewEvent]]:
