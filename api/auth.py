@@ -2,19 +2,65 @@
 
 Every route is authorised in one place: an app-level dependency looks up the matched
 route's `operation_id` in `ALLOWED_ROLES`. An operation missing from the table is open to
-`admin` only (deny by default), and a test holds the table to the routes.
+`admin` only (deny by default), `admin` may call everything, and tests hold the table to
+the routes (tests/test_auth_matrix.py).
 
-SCAFFOLD: key storage, hashing and the 401/403 checks are filled in by the auth work of
-issue #4; until then every caller is the open-mode principal.
+Callers send an API key (api/keystore.py) as `Authorization: Bearer <key>` or
+`X-API-Key: <key>`. No key, or a malformed, unknown, wrong or revoked one: 401. A valid key
+whose role may not call the operation: 403. Both are raised before the handler runs, so
+neither writes anything.
+
+Open mode: while no API key has ever been created, and only outside production, every
+caller is the open-mode principal (every right) and start-up says so with a WARNING. The
+first key closes open mode within KEY_CACHE_SECONDS, and nothing reopens it: revoking
+every key locks the service instead. Production never runs open and refuses to start
+without an active key (`security` below).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-from fastapi import Depends, Request
+import asyncpg
+from fastapi import Depends, FastAPI, Request
+
+from api.dbrole import APP_GROUP_ROLE, current_role, ledger_rewrite_privileges
+from api.errors import DATABASE_UNAVAILABLE, NotAuthenticated, RoleNotAllowed, ServiceUnavailable
+from api.keystore import (
+    active_key_count,
+    any_key_exists,
+    find_key,
+    hash_matches,
+    key_hash,
+    key_id_of,
+)
+from api.settings import Settings
+from ledger.db import Connection
+
+if TYPE_CHECKING:
+    from api.service import LedgerService
+
+logger = logging.getLogger(__name__)
+
+KEY_CACHE_SECONDS = 5.0
+"""How long a verified key is trusted without asking the database again: the delay before a
+revocation (or the first key, closing open mode) takes effect in every worker."""
+
+FAILED_AUTH_LOG_SECONDS = 60.0
+"""At most one WARNING about failed authentications per this many seconds."""
+
+PRODUCTION_READY_TIMEOUT = 60.0
+"""In production, start-up waits this long for the database before it gives up."""
 
 
 class Role(StrEnum):
@@ -46,15 +92,33 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     # the global feed and audit
     "get_event_feed": _AUDITORS,
     "stream_events": _AUDITORS,
+    "get_score_reconstruction": _AUDITORS,
+    "get_public_key": _AUDITORS,
+    "get_latest_seal": _AUDITORS,
+    "get_inclusion_proof": _AUDITORS,
+    "get_consistency_proof": _AUDITORS,
     # admin
     "create_seal": _ADMINS,
+    "get_projections": _ADMINS,
+    "rebuild_projection": _ADMINS,
+    "create_api_key": _ADMINS,
+    "list_api_keys": _ADMINS,
+    "revoke_api_key": _ADMINS,
     # always open: liveness and readiness probes carry no key
     "get_health": frozenset(),
     "get_readiness": frozenset(),
 }
 """operation_id -> roles that may call it. An empty set means no key is needed."""
 
+
 PUBLIC_OPERATIONS = frozenset(op for op, roles in ALLOWED_ROLES.items() if not roles)
+ADMIN_ONLY = _ADMINS
+
+
+def may_call(role: Role, operation_id: str | None) -> bool:
+    """Whether `role` may call the operation; unknown operations are admin-only."""
+    allowed = ALLOWED_ROLES.get(operation_id, ADMIN_ONLY) if operation_id else ADMIN_ONLY
+    return role is Role.ADMIN or role in allowed
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +135,310 @@ class Principal:
 
 
 OPEN_MODE_PRINCIPAL = Principal(name="anonymous", role=None)
+"""Also the principal of public operations (health probes), which act on nobody's rights."""
+
+
+# --- Failed authentications, logged without flooding the log ---
+
+
+class FailedAuthentications:
+    """Counts failed authentications and logs them as WARNINGs: the first one at once,
+    then at most one summary per `interval` (count, reasons, remote addresses, key ids),
+    so a brute-force attempt shows in the log without filling it. Never logs a secret:
+    only the id part of a well-formed key."""
+
+    MAX_LISTED = 20
+
+    def __init__(
+        self, interval: float = FAILED_AUTH_LOG_SECONDS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._quiet_until = -math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self._count = 0
+        self._reasons: Counter[str] = Counter()
+        self._remotes: dict[str, None] = {}
+        self._key_ids: dict[str, None] = {}
+
+    def record(self, reason: str, remote: str | None, key_id: str | None) -> None:
+        self._count += 1
+        self._reasons[reason] += 1
+        for seen, value in ((self._remotes, remote), (self._key_ids, key_id)):
+            if value is not None and len(seen) < self.MAX_LISTED:
+                seen[value] = None
+        now = self._clock()
+        if now >= self._quiet_until:
+            self.flush()
+        elif self._timer is None:
+            # What arrives during the quiet interval is reported when it ends, even if no
+            # further failure comes to trigger it.
+            with contextlib.suppress(RuntimeError):  # no running loop: the next call reports
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._quiet_until - now, self.flush)
+
+    def flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._count == 0:
+            return
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in sorted(self._reasons.items()))
+        logger.warning(
+            "%d failed authentication(s) (%s) from %s; key ids: %s "
+            "(logged at most once every %.0f s)",
+            self._count,
+            reasons,
+            ", ".join(self._remotes) or "unknown",
+            ", ".join(self._key_ids) or "none",
+            self.interval,
+        )
+        self._reset()
+        self._quiet_until = self._clock() + self.interval
+
+
+# --- Verifying keys ---
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    key_id: str
+    expires: float
+
+
+class Authenticator:
+    """Turns a presented key into a principal, with a short in-process cache.
+
+    A verified key is trusted for `ttl` seconds without asking the database (keyed by the
+    key's hash, so the key itself is not kept); failures are never cached, so a key
+    created a moment ago works at once. `ttl` is therefore how late a revocation reaches
+    a worker, and how late the first key closes open mode.
+    """
+
+    MAX_CACHED = 1024
+
+    def __init__(
+        self,
+        *,
+        open_mode_allowed: bool,
+        ttl: float = KEY_CACHE_SECONDS,
+        failures: FailedAuthentications | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.open_mode_allowed = open_mode_allowed
+        self.ttl = ttl
+        self.failures = failures or FailedAuthentications()
+        self._clock = clock
+        self._verified: dict[bytes, _Verified] = {}
+        self._keys_exist = not open_mode_allowed
+        self._open_checked_at = -math.inf
+
+    async def principal(
+        self, pool: Callable[[], asyncpg.Pool], key: str | None, remote: str | None
+    ) -> Principal:
+        """The caller presenting `key` (None: no key). `pool` is only called on a cache miss."""
+        if key is None:
+            if await self._open(pool):
+                return OPEN_MODE_PRINCIPAL
+            self.failures.record("no key", remote, None)
+            raise NotAuthenticated(
+                "this operation needs an API key: send `Authorization: Bearer <key>`",
+                key_sent=False,
+            )
+        key_id = key_id_of(key)
+        if key_id is None:
+            self.failures.record("malformed key", remote, None)
+            raise NotAuthenticated("the API key is malformed", key_sent=True)
+        digest = key_hash(key)
+        now = self._clock()
+        cached = self._verified.get(digest)
+        if cached is not None and cached.expires > now:
+            return cached.principal
+        async with pool().acquire() as connection:
+            stored = await find_key(connection, key_id)
+        # Unknown and wrong keys get the same answer: the caller does not hold that key.
+        if stored is None or not hash_matches(digest, stored.hash):
+            self.failures.record("wrong key", remote, key_id)
+            raise NotAuthenticated("the API key is not valid", key_sent=True)
+        if stored.record.revoked_at is not None:
+            self.failures.record("revoked key", remote, key_id)
+            raise NotAuthenticated("the API key has been revoked", key_sent=True)
+        principal = Principal(name=stored.record.name, role=Role(stored.record.role))
+        self._keys_exist = True
+        if len(self._verified) >= self.MAX_CACHED:
+            self._verified = {d: v for d, v in self._verified.items() if v.expires > now}
+        self._verified[digest] = _Verified(principal, key_id, now + self.ttl)
+        return principal
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this process's cache (its revocation reaches other processes
+        within `ttl`)."""
+        self._verified = {d: v for d, v in self._verified.items() if v.key_id != key_id}
+
+    async def _open(self, pool: Callable[[], asyncpg.Pool]) -> bool:
+        if self._keys_exist:
+            return False
+        now = self._clock()
+        if now < self._open_checked_at + self.ttl:
+            return True
+        async with pool().acquire() as connection:
+            exists = await any_key_exists(connection)
+        if exists:
+            self._keys_exist = True
+            logger.warning("an API key exists: open mode is over, every request needs a key")
+            return False
+        self._open_checked_at = now
+        return True
+
+    def close(self) -> None:
+        self.failures.flush()
+
+
+# --- The dependency ---
+
+
+def presented_key(request: Request) -> str | None:
+    """`Authorization: Bearer <key>`, else `X-API-Key: <key>`; None when neither is sent.
+
+    Deliberately not declared as OpenAPI security schemes: in open mode no key is needed,
+    and a document that demanded one would be wrong there (docs/api.md describes both)."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("x-api-key") or None
 
 
 async def authorize(request: Request) -> Principal:
-    """The caller of this request, checked against the route's allowed roles."""
+    """The caller of this request, checked against the route's allowed roles.
+
+    An app-level dependency, so it runs for every route, before the route's own
+    dependencies and before query, path and body values are validated (a JSON body that
+    does not even parse is the exception: api/errors.py authorises before reporting it).
+    FastAPI caches it per request, so handlers that take `PrincipalDep` get the same
+    principal without a second check."""
     principal: Principal | None = getattr(request.state, "principal", None)
-    if principal is None:
+    if principal is not None:
+        return principal
+    route = request.scope.get("route")
+    operation_id: str | None = getattr(route, "operation_id", None)
+    if operation_id in PUBLIC_OPERATIONS:
         principal = OPEN_MODE_PRINCIPAL
-        request.state.principal = principal
+    else:
+        authenticator: Authenticator = request.app.state.authenticator
+        service: LedgerService = request.app.state.service
+        remote = request.client.host if request.client else None
+        key = presented_key(request)
+        principal = await authenticator.principal(lambda: service.pool, key, remote)
+        if principal.role is not None and not may_call(principal.role, operation_id):
+            name = operation_id or f"{request.method} {getattr(route, 'path', request.url.path)}"
+            raise RoleNotAllowed(principal.role, name)
+    request.state.principal = principal
     return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(authorize)]
+
+
+# --- Start-up ---
+
+
+class StartupRefused(Exception):
+    """The service must not start with this configuration (production only)."""
+
+
+OPEN_MODE_WARNING = (
+    "OPEN MODE: no API key exists, so every caller may do everything, recorded as actor "
+    "'anonymous'. Fine on your own machine, never beyond it. Create a key to turn "
+    "authentication on (takes effect within %.0f s, no restart): "
+    "lending-ledger keys create --role admin --name <you>"
+)
+
+
+async def startup_checks(connection: Connection, settings: Settings) -> None:
+    """Keys and the database role. In production, refuse (StartupRefused) without an active
+    API key, or with a database role that can rewrite the ledger unless
+    LEDGER_ALLOW_PRIVILEGED_DB_ROLE is set. Elsewhere, warn."""
+    production = settings.app_env == "production"
+    refusals: list[str] = []
+    privileges = await ledger_rewrite_privileges(connection)
+    if privileges:
+        message = (
+            f"the database role {await current_role(connection)!r} can rewrite the ledger "
+            f"({', '.join(privileges)}); connect as a member of {APP_GROUP_ROLE} "
+            "(docs/operations.md, 'The database role')"
+        )
+        if production and not settings.allow_privileged_database_role:
+            refusals.append(message + ", or set LEDGER_ALLOW_PRIVILEGED_DB_ROLE=true")
+        else:
+            logger.warning("%s", message)
+    active = await active_key_count(connection)
+    if production:
+        if active == 0:
+            refusals.append(
+                "APP_ENV=production and there is no active API key; create one with "
+                "`lending-ledger keys create --role admin --name <name>`"
+            )
+    elif not await any_key_exists(connection):
+        logger.warning(OPEN_MODE_WARNING, KEY_CACHE_SECONDS)
+    elif active == 0:
+        logger.warning(
+            "every API key is revoked: only the health probes answer; create a key with "
+            "`lending-ledger keys create --role admin --name <name>`"
+        )
+    if refusals:
+        raise StartupRefused("; ".join(refusals))
+
+
+async def _check_production(service: LedgerService) -> None:
+    try:
+        await service.wait_ready(PRODUCTION_READY_TIMEOUT)
+    except TimeoutError:
+        raise StartupRefused(
+            f"the database was not ready within {PRODUCTION_READY_TIMEOUT:.0f} s "
+            f"({service.status_detail})"
+        ) from None
+    async with service.pool.acquire() as connection:
+        await startup_checks(connection, service.settings)
+
+
+async def _warn_when_ready(service: LedgerService) -> None:
+    while not service.ready:
+        with contextlib.suppress(TimeoutError):
+            await service.wait_ready(60)
+    try:
+        async with service.pool.acquire() as connection:
+            await startup_checks(connection, service.settings)
+    except (ServiceUnavailable, asyncpg.PostgresError, *DATABASE_UNAVAILABLE) as error:
+        logger.warning("could not check API keys and the database role at start-up: %r", error)
+
+
+@asynccontextmanager
+async def security(app: FastAPI, service: LedgerService) -> AsyncIterator[None]:
+    """Part of the app's lifespan: the authenticator, and the start-up checks.
+
+    In production start-up waits for the database and fails (StartupRefused) unless the
+    checks pass; elsewhere it does not wait, and the checks log their warnings once the
+    database is ready."""
+    authenticator = Authenticator(open_mode_allowed=service.settings.app_env != "production")
+    app.state.authenticator = authenticator
+    checks: asyncio.Task[None] | None = None
+    if service.settings.app_env == "production":
+        try:
+            await _check_production(service)
+        except StartupRefused as refused:
+            logger.critical("refusing to start: %s", refused)
+            raise
+    else:
+        checks = asyncio.create_task(_warn_when_ready(service), name="ledger-security-checks")
+    try:
+        yield
+    finally:
+        if checks is not None:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
+        authenticator.close()
