@@ -9,7 +9,7 @@ checkpoint written in it. It never swallows an error: it stops and reports where
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -18,7 +18,7 @@ import asyncpg
 from ledger.db import Connection
 from ledger.events import RecordedEvent
 from ledger.store import read_feed
-from projections import sql
+from projections import rebuild_sql, sql
 from projections.applications import ApplicationsProjector
 
 
@@ -35,6 +35,23 @@ class Projector(Protocol):
 
 
 INLINE_PROJECTORS: tuple[Projector, ...] = (ApplicationsProjector(),)
+"""Written in every append transaction; the runner only rebuilds them."""
+
+RUNNER_PROJECTORS: tuple[Projector, ...] = ()
+"""Projections added later: the runner alone writes them, catching up from their checkpoint
+(`lending-ledger catch-up`). Their tables must exist (schema.sql) before they run."""
+
+
+def all_projectors() -> tuple[Projector, ...]:
+    return INLINE_PROJECTORS + RUNNER_PROJECTORS
+
+
+def is_inline(projector: Projector) -> bool:
+    return any(projector.name == inline.name for inline in INLINE_PROJECTORS)
+
+
+def find_projector(name: str) -> Projector | None:
+    return next((p for p in all_projectors() if p.name == name), None)
 
 
 async def project_inline(connection: Connection, events: Sequence[RecordedEvent]) -> None:
@@ -44,9 +61,12 @@ async def project_inline(connection: Connection, events: Sequence[RecordedEvent]
 
 
 class ProjectionFailed(Exception):
-    def __init__(self, projection: str, seq: int, position: int, cause: BaseException) -> None:
+    def __init__(
+        self, projection: str, seq: int | None, position: int, cause: BaseException
+    ) -> None:
+        where = f"seq {seq}" if seq is not None else "an event not yet in the ledger log"
         super().__init__(
-            f"projection {projection!r} stopped at seq {seq} (position {position}): {cause!r}"
+            f"projection {projection!r} stopped at {where} (position {position}): {cause!r}"
         )
         self.projection = projection
         self.seq = seq
@@ -66,7 +86,9 @@ async def create_shadow_schema(connection: Connection, schema: str, projector: P
     """An empty copy of the projector's tables (and a checkpoint table) in `schema`.
 
     Identifiers cannot be $n parameters; the name is checked against a strict pattern and
-    quoted instead.
+    quoted instead. `LIKE ... INCLUDING ALL` names the copied indexes after their columns;
+    they are renamed to the live names, so a shadow swapped in is identical to the live
+    table (and a later schema.sql finds its `CREATE INDEX IF NOT EXISTS` names in place).
     """
     if not _SCHEMA_NAME.fullmatch(schema) or schema == "public":
         raise ValueError(f"not a usable shadow schema name: {schema!r}")
@@ -75,6 +97,32 @@ async def create_shadow_schema(connection: Connection, schema: str, projector: P
         await connection.execute(
             f'CREATE TABLE "{schema}"."{table}" (LIKE public."{table}" INCLUDING ALL)'
         )
+        await copy_index_names(connection, "public", schema, table)
+
+
+async def copy_index_names(connection: Connection, source: str, target: str, table: str) -> None:
+    """Rename the indexes of `target.table` to the names of their twins in `source.table`."""
+    twins: dict[tuple[bool, bool, str], list[str]] = {}
+    for row in await connection.fetch(rebuild_sql.SELECT_INDEXES, source, table):
+        twins.setdefault((row["is_unique"], row["is_primary"], row["definition"]), []).append(
+            row["name"]
+        )
+    for row in await connection.fetch(rebuild_sql.SELECT_INDEXES, target, table):
+        names = twins.get((row["is_unique"], row["is_primary"], row["definition"]))
+        if names and (wanted := names.pop(0)) != row["name"]:
+            await connection.execute(
+                f"ALTER INDEX {quote_identifier(target)}.{quote_identifier(row['name'])} "
+                f"RENAME TO {quote_identifier(wanted)}"
+            )
+
+
+def quote_identifier(name: str) -> str:
+    """An SQL identifier, quoted (for DDL, where $n parameters cannot be used)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+OnBatch = Callable[[int, int], None]
+"""Called after each committed batch with (events applied so far, checkpoint seq)."""
 
 
 async def catch_up(
@@ -83,30 +131,55 @@ async def catch_up(
     *,
     batch_size: int = 1000,
     schema: str | None = None,
+    until_seq: int | None = None,
+    on_batch: OnBatch | None = None,
 ) -> CatchUpResult:
-    """Bring `projector` up to the end of the ledger log from its checkpoint.
+    """Bring `projector` up to the end of the ledger log (or `until_seq`) from its checkpoint.
 
     With `schema`, the tables (and checkpoint) in that schema are written instead of the
     live ones; the event tables still resolve to public.
     """
+    async with pool.acquire() as connection:
+        return await catch_up_on(
+            connection,
+            projector,
+            batch_size=batch_size,
+            schema=schema,
+            until_seq=until_seq,
+            on_batch=on_batch,
+        )
+
+
+async def catch_up_on(
+    connection: Connection,
+    projector: Projector,
+    *,
+    batch_size: int = 1000,
+    schema: str | None = None,
+    until_seq: int | None = None,
+    on_batch: OnBatch | None = None,
+) -> CatchUpResult:
+    """`catch_up` on a connection the caller holds (one transaction per batch)."""
     search_path = f'"{schema}", public' if schema else None
     total = 0
-    async with pool.acquire() as connection:
-        while True:
-            async with connection.transaction():
-                if search_path:
-                    await connection.execute(sql.SET_SEARCH_PATH, search_path)
-                last_seq = await connection.fetchval(sql.SELECT_CHECKPOINT, projector.name) or 0
-                events = await read_feed(connection, last_seq, batch_size)
-                if not events:
-                    return CatchUpResult(total, last_seq)
-                await _apply_reporting(connection, projector, events)
-                assert events[-1].seq is not None
-                await connection.execute(sql.SAVE_CHECKPOINT, projector.name, events[-1].seq)
-            total += len(events)
+    while True:
+        async with connection.transaction():
+            if search_path:
+                await connection.execute(sql.SET_SEARCH_PATH, search_path)
+            last_seq = await connection.fetchval(sql.SELECT_CHECKPOINT, projector.name) or 0
+            limit = batch_size if until_seq is None else min(batch_size, until_seq - last_seq)
+            events = await read_feed(connection, last_seq, limit) if limit > 0 else []
+            if not events:
+                return CatchUpResult(total, last_seq)
+            await apply_reporting(connection, projector, events)
+            assert events[-1].seq is not None
+            await connection.execute(sql.SAVE_CHECKPOINT, projector.name, events[-1].seq)
+        total += len(events)
+        if on_batch is not None:
+            on_batch(total, events[-1].seq)
 
 
-async def _apply_reporting(
+async def apply_reporting(
     connection: Connection, projector: Projector, events: Sequence[RecordedEvent]
 ) -> None:
     """Apply a batch; on failure find the first event that fails, for the report."""
@@ -120,8 +193,7 @@ async def _apply_reporting(
                 async with connection.transaction():
                     await projector.apply(connection, [event])
             except Exception as error:
-                assert event.seq is not None
                 raise ProjectionFailed(projector.name, event.seq, event.position, error) from error
         raise ProjectionFailed(
-            projector.name, events[0].seq or 0, events[0].position, batch_error
+            projector.name, events[0].seq, events[0].position, batch_error
         ) from batch_error
