@@ -15,6 +15,7 @@ from uuid import UUID
 
 import orjson
 from fastapi import Request, Response
+from fastapi.responses import JSONResponse as FastAPIJSONResponse
 from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
@@ -35,8 +36,11 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads_exact(body: bytes | str) -> Any:
+    # UTF-8 only (RFC 8259 section 8.1): json.loads would also guess UTF-16 and UTF-32 from
+    # bytes. A UnicodeDecodeError is a ValueError: reported as invalid JSON, like the rest.
+    text = body.decode("utf-8") if isinstance(body, bytes) else body
     return json.loads(
-        body,
+        text,
         parse_float=Decimal,
         parse_constant=_reject_constant,
         object_pairs_hook=_reject_duplicate_keys,
@@ -91,8 +95,12 @@ def to_plain(content: BaseModel | Sequence[BaseModel] | Any) -> Any:
     return content
 
 
-class JSONResponse(Response):
-    """Renders models and plain values; Decimals as exact numbers, datetimes RFC 3339."""
+class JSONResponse(FastAPIJSONResponse):
+    """Renders models and plain values; Decimals as exact numbers, datetimes RFC 3339.
+
+    A JSONResponse subclass (only `render` differs) so that FastAPI documents each route's
+    `response_model` in the OpenAPI document; for any other Response class it publishes
+    the success body as `{"type": "string"}`."""
 
     media_type = "application/json"
 
