@@ -13,7 +13,7 @@ same bytes faster, and a property test holds the two to each other.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,14 +30,29 @@ def _reject_unsupported(value: object) -> Any:
 
 
 def _check_no_floats(value: object) -> None:
-    if isinstance(value, float):
+    # Every event is hashed through here: exact-type checks first (isinstance against the
+    # Mapping ABC costs several times more), the general checks only for other types.
+    kind = type(value)
+    items: Iterable[object]
+    if kind is dict:
+        items = value.values()  # type: ignore[attr-defined]
+    elif kind is list or kind is tuple:
+        items = value  # type: ignore[assignment]
+    elif kind is str or kind is int or kind is bool or value is None:
+        return
+    elif isinstance(value, float):
         raise TypeError("floats are not canonically encodable; write decimals as strings")
-    if isinstance(value, Mapping):
-        for item in value.values():
-            _check_no_floats(item)
+    elif isinstance(value, Mapping):
+        items = value.values()
     elif isinstance(value, list | tuple):
-        for item in value:
-            _check_no_floats(item)
+        items = value
+    else:
+        return
+    for item in items:
+        item_kind = type(item)
+        if item_kind is str or item_kind is int or item is None or item_kind is bool:
+            continue
+        _check_no_floats(item)
 
 
 def canonical_bytes(value: Any) -> bytes:

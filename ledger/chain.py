@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+from uuid import UUID
 
 from ledger.canonical import GENESIS_HASH, envelope_for_hashing, event_hash
-from ledger.events import RecordedEvent
+from ledger.events import NewEvent, RecordedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,19 +22,91 @@ class ChainBreak:
 
 def hash_of_event(event: RecordedEvent) -> bytes:
     """SHA-256 of the event's canonical envelope (its own `hash` field is not covered)."""
+    return _hash_of_envelope(
+        event.stream_id,
+        event.stream_version,
+        event.event_id,
+        event.event_type,
+        event.schema_version,
+        event.data,
+        event.metadata,
+        event.recorded_at,
+        event.prev_hash,
+    )
+
+
+def _hash_of_envelope(
+    stream_id: str,
+    stream_version: int,
+    event_id: UUID,
+    event_type: str,
+    schema_version: int,
+    data: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    recorded_at: datetime,
+    prev_hash: bytes,
+) -> bytes:
     return event_hash(
         envelope_for_hashing(
-            stream_id=event.stream_id,
-            stream_version=event.stream_version,
-            event_id=str(event.event_id),
-            event_type=event.event_type,
-            schema_version=event.schema_version,
-            data=event.data,
-            metadata=event.metadata,
-            recorded_at=event.recorded_at,
-            prev_hash=event.prev_hash,
+            stream_id=stream_id,
+            stream_version=stream_version,
+            event_id=str(event_id),
+            event_type=event_type,
+            schema_version=schema_version,
+            data=data,
+            metadata=metadata,
+            recorded_at=recorded_at,
+            prev_hash=prev_hash,
         )
     )
+
+
+def chain_new_events(
+    stream_id: str,
+    expected_version: int,
+    prev_hash: bytes,
+    new_events: Sequence[NewEvent],
+    recorded_at: datetime,
+) -> list[RecordedEvent]:
+    """The envelopes of `new_events` appended to a stream at `expected_version` whose last
+    hash is `prev_hash` (GENESIS_HASH for a new stream), each hashed over the one before.
+
+    `position` is 0 and `seq` None: the database assigns them after the hash is computed.
+    The store's append and the bulk import both chain events here, so they hash alike.
+    """
+    events: list[RecordedEvent] = []
+    for version, new in enumerate(new_events, start=expected_version + 1):
+        event_type, schema_version = new.event.event_type, new.event.schema_version
+        data, metadata = new.event.to_data(), new.metadata.to_data()
+        digest = _hash_of_envelope(
+            stream_id,
+            version,
+            new.event_id,
+            event_type,
+            schema_version,
+            data,
+            metadata,
+            recorded_at,
+            prev_hash,
+        )
+        events.append(
+            RecordedEvent(
+                position=0,
+                seq=None,
+                stream_id=stream_id,
+                stream_version=version,
+                event_id=new.event_id,
+                event_type=event_type,
+                schema_version=schema_version,
+                data=data,
+                metadata=metadata,
+                recorded_at=recorded_at,
+                prev_hash=prev_hash,
+                hash=digest,
+            )
+        )
+        prev_hash = digest
+    return events
 
 
 def verify_stream(events: Iterable[RecordedEvent]) -> ChainBreak | None:

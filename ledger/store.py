@@ -4,6 +4,7 @@ command commit together or not at all."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
@@ -12,12 +13,14 @@ import asyncpg
 
 from ledger import sql
 from ledger.canonical import GENESIS_HASH
-from ledger.chain import hash_of_event
+from ledger.chain import chain_new_events
 from ledger.db import Connection
 from ledger.errors import ConcurrencyConflict
 from ledger.events import NewEvent, RecordedEvent
 
 MAX_POSITION = 2**63 - 1
+
+_CONFLICTING_STREAM = re.compile(r"=\((.+), \d+\)")
 
 
 def recorded_event_from_row(row: asyncpg.Record) -> RecordedEvent:
@@ -67,25 +70,8 @@ async def append(
         if version != expected_version:
             raise ConcurrencyConflict(stream_id, expected_version)
 
-    events: list[RecordedEvent] = []
-    for offset, new in enumerate(new_events, start=1):
-        unhashed = RecordedEvent(
-            position=0,  # assigned by the INSERT below
-            seq=None,  # assigned by the sequencer once the transaction has committed
-            stream_id=stream_id,
-            stream_version=expected_version + offset,
-            event_id=new.event_id,
-            event_type=new.event.event_type,
-            schema_version=new.event.schema_version,
-            data=new.event.to_data(),
-            metadata=new.metadata.to_data(),
-            recorded_at=recorded_at,
-            prev_hash=prev_hash,
-            hash=b"",
-        )
-        events.append(replace(unhashed, hash=hash_of_event(unhashed)))
-        prev_hash = events[-1].hash
-
+    # Positions are assigned by the INSERT below; seq by the sequencer after the commit.
+    events = chain_new_events(stream_id, expected_version, prev_hash, new_events, recorded_at)
     try:
         rows = await connection.fetch(
             sql.INSERT_EVENTS,
@@ -109,10 +95,71 @@ async def append(
     return [replace(e, position=positions[e.stream_version]) for e in events]
 
 
-async def read_stream(
-    connection: Connection, stream_id: str, up_to_position: int = MAX_POSITION
+async def append_new_streams(
+    connection: Connection, events: Sequence[RecordedEvent]
 ) -> list[RecordedEvent]:
+    """Insert the already-chained events of new streams (from `chain_new_events`, each
+    stream from version 1) in one statement; return them with their positions.
+
+    For bulk loads. Raises ConcurrencyConflict if one of the streams was begun meanwhile.
+    """
+    if not events:
+        return []
+    try:
+        rows = await connection.fetch(
+            sql.INSERT_EVENTS_OF_STREAMS,
+            [e.stream_id for e in events],
+            [e.stream_version for e in events],
+            [e.event_id for e in events],
+            [e.event_type for e in events],
+            [e.schema_version for e in events],
+            [e.data for e in events],
+            [e.metadata for e in events],
+            [e.recorded_at for e in events],
+            [e.prev_hash for e in events],
+            [e.hash for e in events],
+        )
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version_unique":
+            # PostgreSQL names the conflicting key: "Key (stream_id, stream_version)=(s, 1)".
+            found = _CONFLICTING_STREAM.search(error.detail or "")
+            stream_id = found.group(1) if found else "one of the batch's streams"
+            raise ConcurrencyConflict(stream_id, 0) from None
+        raise
+    positions = {row["event_id"]: row["position"] for row in rows}
+    return [replace(e, position=positions[e.event_id]) for e in events]
+
+
+async def existing_streams(connection: Connection, stream_ids: Sequence[str]) -> set[str]:
+    """Which of `stream_ids` have at least one event."""
+    rows = await connection.fetch(sql.SELECT_EXISTING_STREAMS, list(stream_ids))
+    return {row["stream_id"] for row in rows}
+
+
+async def read_stream(
+    connection: Connection,
+    stream_id: str,
+    up_to_position: int = MAX_POSITION,
+    recorded_until: datetime | None = None,
+) -> list[RecordedEvent]:
+    """A stream's events in order, up to a global position and (optionally) as it stood at
+    a recorded time: the events before the first one recorded after `recorded_until`."""
+    if recorded_until is not None:
+        return await read_streams(connection, [stream_id], recorded_until, up_to_position)
     rows = await connection.fetch(sql.SELECT_STREAM, stream_id, up_to_position)
+    return [recorded_event_from_row(row) for row in rows]
+
+
+async def read_streams(
+    connection: Connection,
+    stream_ids: Sequence[str],
+    recorded_until: datetime,
+    up_to_position: int = MAX_POSITION,
+) -> list[RecordedEvent]:
+    """Several streams as they stood at `recorded_until` (see read_stream), stream by stream."""
+    rows = await connection.fetch(
+        sql.SELECT_STREAMS_AS_OF, list(stream_ids), recorded_until, up_to_position
+    )
     return [recorded_event_from_row(row) for row in rows]
 
 

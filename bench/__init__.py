@@ -1,0 +1,1 @@
+"""The benchmark tool: `python -m bench` (docs/benchmarks.md). Not part of the product."""
