@@ -97,6 +97,50 @@ CREATE OR REPLACE TRIGGER ledger_log_reject_truncate
     BEFORE TRUNCATE ON ledger_log
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_mutation();
 
+-- ---------------------------------------------------------------------------------------
+-- Seals: signed Merkle checkpoints over the ledger log (ledger/seals.py; docs/architecture.md,
+-- "Seals and proofs"). Leaf i of the tree is the hash of the event at seq i + 1; hashing is
+-- RFC 9162's. Both tables are append-only, like the events.
+--
+-- merkle_nodes holds every perfect subtree of the sealed tree: (height h, node_index i) is
+-- the root of the 2^h leaves from i * 2^h (height 0: the leaf hashes). Any root or proof
+-- node is composed from O(log n) of them, so no request rehashes the log. Rows are written
+-- in the transaction of the seal that first covers them.
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS merkle_nodes (
+    height      smallint NOT NULL CHECK (height BETWEEN 0 AND 62),
+    node_index  bigint   NOT NULL CHECK (node_index >= 0),
+    hash        bytea    NOT NULL CHECK (octet_length(hash) = 32),
+    PRIMARY KEY (height, node_index)
+);
+
+-- One row per seal. tree_size is the last sealed seq; the primary key makes a second seal
+-- of the same size impossible whatever the sealers do. seal_hash is the SHA-256 of the
+-- signed statement; previous_seal_hash chains each seal to the one before (32 zero bytes
+-- for the first).
+CREATE TABLE IF NOT EXISTS seals (
+    tree_size           bigint      PRIMARY KEY CHECK (tree_size >= 1),
+    root_hash           bytea       NOT NULL CHECK (octet_length(root_hash) = 32),
+    previous_seal_hash  bytea       NOT NULL CHECK (octet_length(previous_seal_hash) = 32),
+    sealed_at           timestamptz NOT NULL,
+    key_id              text        NOT NULL CHECK (length(key_id) = 64),
+    signature           bytea       NOT NULL CHECK (octet_length(signature) = 64),
+    seal_hash           bytea       NOT NULL UNIQUE CHECK (octet_length(seal_hash) = 32)
+);
+
+CREATE OR REPLACE TRIGGER merkle_nodes_reject_update_delete
+    BEFORE UPDATE OR DELETE ON merkle_nodes
+    FOR EACH ROW EXECUTE FUNCTION ledger_reject_mutation();
+CREATE OR REPLACE TRIGGER merkle_nodes_reject_truncate
+    BEFORE TRUNCATE ON merkle_nodes
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_mutation();
+CREATE OR REPLACE TRIGGER seals_reject_update_delete
+    BEFORE UPDATE OR DELETE ON seals
+    FOR EACH ROW EXECUTE FUNCTION ledger_reject_mutation();
+CREATE OR REPLACE TRIGGER seals_reject_truncate
+    BEFORE TRUNCATE ON seals
+    FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_mutation();
+
 -- Wake the sequencer when events commit. NOTIFY is delivered at commit (never for a rolled
 -- back transaction) and identical notifications of one transaction are folded into one, so
 -- this costs one message per writing transaction, whoever the writer is.
@@ -130,12 +174,34 @@ CREATE TABLE IF NOT EXISTS loan_applications (
     created_at             timestamptz NOT NULL,
     updated_at             timestamptz NOT NULL,
     stream_version         integer     NOT NULL,
-    last_event_position    bigint      NOT NULL
+    last_event_position    bigint      NOT NULL,
+    submitted_by           text        NOT NULL DEFAULT 'unknown',
+    decided_by             text,
+    recommended_outcome    text,
+    reason_codes           jsonb       NOT NULL DEFAULT '[]',
+    in_review_since        timestamptz,
+    reviewed_at            timestamptz
 );
+
+-- Columns added after the first release. A database from before gets them here, with the
+-- defaults; `lending-ledger rebuild` then fills them from the events.
+ALTER TABLE loan_applications
+    ADD COLUMN IF NOT EXISTS submitted_by        text   NOT NULL DEFAULT 'unknown',
+    ADD COLUMN IF NOT EXISTS decided_by          text,
+    ADD COLUMN IF NOT EXISTS recommended_outcome text,
+    ADD COLUMN IF NOT EXISTS reason_codes        jsonb  NOT NULL DEFAULT '[]',
+    ADD COLUMN IF NOT EXISTS in_review_since     timestamptz,
+    ADD COLUMN IF NOT EXISTS reviewed_at         timestamptz;
 
 -- "An applicant's newest applications": equality on applicant, then newest first.
 CREATE INDEX IF NOT EXISTS loan_applications_applicant_newest
     ON loan_applications (applicant_id, created_at DESC, application_id DESC);
+
+-- The review queues, oldest first: pending (in review) and completed (reviewed).
+CREATE INDEX IF NOT EXISTS loan_applications_review_pending
+    ON loan_applications (in_review_since, application_id) WHERE status = 'in_review';
+CREATE INDEX IF NOT EXISTS loan_applications_review_completed
+    ON loan_applications (reviewed_at, application_id) WHERE reviewed_at IS NOT NULL;
 
 -- One row per decision-relevant event of an application, for timelines.
 CREATE TABLE IF NOT EXISTS application_history (
@@ -157,16 +223,132 @@ CREATE TABLE IF NOT EXISTS projection_checkpoints (
     updated_at  timestamptz NOT NULL DEFAULT now()
 );
 
+-- The last rebuild of each projection (projections/rebuild.py). 'running' is written when
+-- it starts, 'succeeded' in the swap transaction; a 'running' row whose rebuild no longer
+-- holds the projection's advisory lock was interrupted (its process died).
+CREATE TABLE IF NOT EXISTS projection_rebuilds (
+    projection   text        PRIMARY KEY,
+    status       text        NOT NULL CHECK (status IN ('running', 'succeeded', 'failed')),
+    started_at   timestamptz NOT NULL,
+    finished_at  timestamptz,
+    events       bigint      NOT NULL DEFAULT 0,
+    through_seq  bigint,
+    row_counts   jsonb       NOT NULL DEFAULT '{}',
+    error        text
+);
+
 -- ---------------------------------------------------------------------------------------
 -- Idempotency: the first response to a keyed request, stored in the transaction that wrote
--- its events, replayed for every retry with the same key.
+-- its events, replayed for every retry with the same key by the same caller.
+--
+-- Keys are scoped to the caller (`scope` is the principal's actor string), so two API keys
+-- can never replay each other's responses. A row older than the retention
+-- (LEDGER_IDEMPOTENCY_RETENTION_HOURS) counts as unused: the next claim replaces it, and
+-- the service deletes such rows in small batches (ledger/idempotency.py).
 -- ---------------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS idempotency_keys (
-    idempotency_key      text        PRIMARY KEY,
+    scope                text        NOT NULL,
+    idempotency_key      text        NOT NULL,
     request_fingerprint  bytea       NOT NULL,
     status_code          integer,
     response_body        bytea,
-    created_at           timestamptz NOT NULL DEFAULT now()
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    CONSTRAINT idempotency_keys_scoped_pkey PRIMARY KEY (scope, idempotency_key)
 );
+
+-- A database from before scoping has the table keyed by idempotency_key alone. Every caller
+-- was the open-mode principal `anonymous` then, so that is the scope its rows get.
+ALTER TABLE idempotency_keys ADD COLUMN IF NOT EXISTS scope text NOT NULL DEFAULT 'anonymous';
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_constraint
+        WHERE conrelid = 'idempotency_keys'::regclass AND conname = 'idempotency_keys_scoped_pkey'
+    ) THEN
+        ALTER TABLE idempotency_keys ALTER COLUMN scope DROP DEFAULT;
+        ALTER TABLE idempotency_keys DROP CONSTRAINT IF EXISTS idempotency_keys_pkey;
+        ALTER TABLE idempotency_keys
+            ADD CONSTRAINT idempotency_keys_scoped_pkey PRIMARY KEY (scope, idempotency_key);
+    END IF;
+END;
+$$;
+
+-- The purge deletes the oldest rows first, a batch at a time.
+CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON idempotency_keys (created_at);
+
+-- ---------------------------------------------------------------------------------------
+-- API keys. A key is `ll_<id>_<secret>` with a 256-bit random secret; only its SHA-256 is
+-- stored (api/keystore.py says why a fast hash is right here). Keys are revoked, never
+-- deleted: the name stays behind the actor recorded in old events.
+-- ---------------------------------------------------------------------------------------
+CREATE TABLE IF NOT EXISTS api_keys (
+    id          text        PRIMARY KEY CHECK (id ~ '^[0-9a-f]{16}$'),
+    name        text        NOT NULL CHECK (length(name) BETWEEN 1 AND 64),
+    role        text        NOT NULL CHECK (role IN ('agent', 'analyst', 'auditor', 'admin')),
+    hash        bytea       NOT NULL CHECK (octet_length(hash) = 32),
+    created_at  timestamptz NOT NULL DEFAULT now(),
+    revoked_at  timestamptz
+);
+
+-- Which schema.sql was applied last (SHA-256 of the file), written by every application
+-- (ledger/schema.py). A service role that cannot apply the schema checks it instead: it
+-- serves only a database whose schema is the one it ships.
+CREATE TABLE IF NOT EXISTS schema_applied (
+    singleton   boolean     PRIMARY KEY DEFAULT true CHECK (singleton),
+    sha256      bytea       NOT NULL CHECK (octet_length(sha256) = 32),
+    applied_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- ---------------------------------------------------------------------------------------
+-- The service's database role: what the running service may do, and nothing more.
+--
+-- `lending_ledger_app` is a NOLOGIN group role. The service logs in as a member of it
+-- (`lending_ledger_service` with the embedded database; your own role otherwise, see
+-- docs/operations.md), never as the owner of these tables. It may INSERT and SELECT the
+-- event table and the ledger log but never UPDATE, DELETE or TRUNCATE them: the database
+-- refuses with insufficient_privilege before the immutability triggers are even reached.
+-- Schema changes need the owner (`lending-ledger migrate`).
+--
+-- Roles are cluster-wide, so creating it tolerates another database (or a concurrent
+-- migration) having created it first.
+--
+-- WHOEVER ADDS A TABLE: grant the service what it needs on it in the block below (or
+-- nothing, deliberately), and record the decision in tests/test_db_role.py, which fails
+-- for any table in the public schema without one. Keep this block last in the file.
+-- ---------------------------------------------------------------------------------------
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'lending_ledger_app') THEN
+        CREATE ROLE lending_ledger_app NOLOGIN;
+    END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN
+    NULL;
+END;
+$$;
+
+-- Start from nothing, so a privilege removed below is removed from the database too.
+REVOKE ALL ON ALL TABLES IN SCHEMA public FROM lending_ledger_app;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM lending_ledger_app;
+GRANT USAGE ON SCHEMA public TO lending_ledger_app;
+
+-- Append-only: the ledger.
+GRANT SELECT, INSERT ON events, ledger_log TO lending_ledger_app;
+-- Seals and their Merkle nodes are append-only too (POST /admin/seals writes them).
+GRANT SELECT, INSERT ON seals, merkle_nodes TO lending_ledger_app;
+-- The sequencer's cursor: one row, moved forward.
+GRANT SELECT, UPDATE ON ledger_cursor TO lending_ledger_app;
+-- Read models and service state: derived or operational data, rewritten freely.
+GRANT SELECT, INSERT, UPDATE, DELETE
+    ON loan_applications, application_history, projection_checkpoints, idempotency_keys
+    TO lending_ledger_app;
+-- Rebuild status: GET /admin/projections reads it; a rebuild records its progress in it.
+GRANT SELECT, INSERT, UPDATE ON projection_rebuilds TO lending_ledger_app;
+-- Keys: created and revoked through the admin endpoints; a key's hash is never changed.
+GRANT SELECT, INSERT ON api_keys TO lending_ledger_app;
+GRANT UPDATE (revoked_at) ON api_keys TO lending_ledger_app;
+-- Read only: the service checks the schema is current, `migrate` (the owner) writes it.
+GRANT SELECT ON schema_applied TO lending_ledger_app;
+-- Identity and serial columns draw from sequences.
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO lending_ledger_app;
 
 COMMIT;

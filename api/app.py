@@ -12,9 +12,17 @@ from fastapi import Depends, FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api.auth import authorize
+from api.auth import authorize, security
 from api.errors import problem, register_error_handlers
+from api.live import LiveSettings, closing_on_shutdown_signals
+from api.mcp_server import create_mcp_server, mcp_route, running
 from api.routes import router
+from api.routes_admin import router as admin_router
+from api.routes_audit import router as audit_router
+from api.routes_keys import router as keys_router
+from api.routes_seals import router as seals_router
+from api.routes_stream import router as stream_router
+from api.routes_workflow import router as workflow_router
 from api.service import LedgerService
 from api.settings import Settings
 from ledger.sequencer import SequencerSettings
@@ -95,6 +103,7 @@ def create_app(
     *,
     database_url: str | None = None,
     sequencer_settings: SequencerSettings | None = None,
+    live_settings: LiveSettings | None = None,
 ) -> FastAPI:
     """Build the app. `database_url` defaults to the settings' DATABASE_URL; the CLI sets
     that after starting the embedded server, so every worker finds the same database."""
@@ -108,11 +117,16 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = LedgerService(settings, url, sequencer_settings)
+        service = LedgerService(settings, url, sequencer_settings, live_settings)
         app.state.service = service
         service.start()
         try:
-            yield
+            async with (
+                security(app, service),  # keys, open mode, production checks
+                running(mcp),  # the MCP endpoint's session manager
+                closing_on_shutdown_signals(service.tail),  # SSE streams end at SIGTERM
+            ):
+                yield
         finally:
             await service.stop()
 
@@ -129,6 +143,14 @@ def create_app(
     )
     register_error_handlers(app)
     app.include_router(router)
+    app.include_router(audit_router)
+    app.include_router(stream_router)
+    app.include_router(workflow_router)
+    app.include_router(keys_router)
+    app.include_router(seals_router)
+    app.include_router(admin_router)
+    mcp = create_mcp_server(app)  # tools call this app in-process (api/mcp_server.py)
+    app.router.routes.append(mcp_route(mcp))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(CorrelationIdMiddleware)
     return app

@@ -12,10 +12,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from types import FrameType
 
+from api.auth import StartupRefused
+from api.bulk_import import add_import_parser, run_import
+from api.cli_auth import add_keys_parser, prepare_to_serve, run_keys
+from api.cli_seal import add_seal_parser, run_seal
 from api.embedded import database_url
+from api.maintenance import add_maintenance_parsers, run_catch_up, run_rebuild, run_verify
+from api.rescore import add_rescore_parser, run_rescore
 from api.settings import ConfigurationError, Settings
 from ledger.db import connect
 from ledger.schema import apply_schema, schema_path
+from ledger.signing import SigningKeyError, load_or_create_signing_key
 
 
 class StopRequested(Exception):
@@ -55,9 +62,19 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
     workers = args.workers or settings.workers
+    try:  # here, once, before any worker starts (workers would also create it, race-free)
+        load_or_create_signing_key(settings.signing_key_path)
+    except SigningKeyError as error:
+        print(f"lending-ledger: signing key: {error}", file=sys.stderr)
+        return 2
     with stop_on_signals(), database_url(settings.database_url, settings.data_dir) as url:
         if settings.database_url is None:
             print(f"lending-ledger: embedded PostgreSQL, data in {settings.data_dir}", flush=True)
+        try:  # the embedded database's service role; production's start-up checks
+            url = prepare_to_serve(settings, url)
+        except StartupRefused as refused:
+            print(f"lending-ledger: refusing to start: {refused}", file=sys.stderr, flush=True)
+            return 1
         # Every worker reads its settings from the environment: point them all at the one
         # database this parent process started (or was given).
         os.environ["DATABASE_URL"] = url
@@ -107,6 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
     )
     commands.add_parser("migrate", help="apply schema.sql (idempotent)")
+    add_keys_parser(commands)
+    add_rescore_parser(commands)
+    add_import_parser(commands)
+    add_seal_parser(commands)
+    add_maintenance_parsers(commands)
     return parser
 
 
@@ -123,6 +145,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("lending-ledger: --workers must be at least 1", file=sys.stderr)
             return 2
         return _serve(settings, args)
+    if args.command == "keys":
+        return run_keys(settings, args)
+    if args.command == "rescore":
+        return run_rescore(settings, args)
+    if args.command == "seal":
+        return run_seal(settings, args)
+    if args.command == "import":
+        return run_import(settings, args)
+    if args.command == "rebuild":
+        return run_rebuild(settings, args)
+    if args.command == "catch-up":
+        return run_catch_up(settings, args)
+    if args.command == "verify":
+        return run_verify(settings, args)
     return _run_migrate(settings)
 
 

@@ -10,14 +10,23 @@ import asyncpg
 from fastapi import FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from api.jsonio import dumps
 from ledger.errors import (
     ConcurrencyConflict,
     IdempotencyKeyReused,
+    IdempotencyRequestInFlight,
     InvalidCommand,
+    InvalidTransition,
     LedgerError,
+    LedgerIntegrityError,
+    NotAllowed,
     NotFound,
+    NotYetSealed,
+    PreconditionRequired,
+    RebuildInProgress,
+    RebuildNotPermitted,
 )
 
 logger = logging.getLogger(__name__)
@@ -35,6 +44,7 @@ SLUG_BY_STATUS = {
     406: "not-acceptable",
     413: "body-too-large",
     415: "unsupported-media-type",
+    428: "precondition-required",
     422: "validation-error",
     500: "internal-error",
     503: "service-unavailable",
@@ -43,8 +53,16 @@ SLUG_BY_STATUS = {
 STATUS_BY_ERROR: dict[type[LedgerError], int] = {
     InvalidCommand: 422,
     IdempotencyKeyReused: 422,
+    IdempotencyRequestInFlight: 409,
     ConcurrencyConflict: 409,
+    InvalidTransition: 409,
+    NotAllowed: 403,
     NotFound: 404,
+    PreconditionRequired: 428,
+    RebuildInProgress: 409,
+    RebuildNotPermitted: 409,
+    NotYetSealed: 409,
+    LedgerIntegrityError: 409,
 }
 
 # The database is down, restarting, or refusing connections: the request did nothing and
@@ -68,6 +86,24 @@ class ServiceUnavailable(Exception):
 
 class UnsupportedMediaType(Exception):
     pass
+
+
+class NotAuthenticated(Exception):
+    """No API key, or one that is malformed, unknown, wrong or revoked: 401."""
+
+    def __init__(self, detail: str, *, key_sent: bool) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.key_sent = key_sent
+
+
+class RoleNotAllowed(Exception):
+    """A valid key whose role may not call the operation: 403."""
+
+    def __init__(self, role: str, operation_id: str) -> None:
+        super().__init__(f"the role {role!r} may not call {operation_id!r}")
+        self.role = role
+        self.operation_id = operation_id
 
 
 def problem(
@@ -123,6 +159,9 @@ def _validation_errors(error: RequestValidationError) -> list[dict[str, str]]:
 
 async def _on_validation_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, RequestValidationError)
+    refused = await _refusal_before_validation(request)
+    if refused is not None:
+        return refused
     errors = _validation_errors(error)
     summary = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
     return problem(
@@ -134,10 +173,57 @@ async def _on_validation_error(request: Request, error: Exception) -> Response:
     )
 
 
+async def _refusal_before_validation(request: Request) -> Response | None:
+    """FastAPI parses a JSON body before it runs any dependency, so a malformed body is
+    reported before the caller was authorised. Authorise first: a caller without a valid
+    key or without the right gets 401/403, never a description of the request."""
+    if hasattr(request.state, "principal") or "route" not in request.scope:
+        return None  # authorised already, or not a route of ours
+    from api.auth import authorize  # here: api.auth imports this module
+
+    try:
+        await authorize(request)
+    except NotAuthenticated as refusal:
+        return await _on_not_authenticated(request, refusal)
+    except RoleNotAllowed as refusal:
+        return await _on_role_not_allowed(request, refusal)
+    except (ServiceUnavailable, *DATABASE_UNAVAILABLE) as unavailable:
+        return await _on_unavailable(request, unavailable)
+    return None
+
+
+async def _on_not_authenticated(request: Request, error: Exception) -> Response:
+    assert isinstance(error, NotAuthenticated)
+    # RFC 6750: a sent key that failed is an invalid_token; no key gets the bare challenge.
+    challenge = 'Bearer realm="lending-ledger"'
+    if error.key_sent:
+        challenge += ', error="invalid_token"'
+    return problem(401, error.detail, headers={"WWW-Authenticate": challenge})
+
+
+async def _on_role_not_allowed(request: Request, error: Exception) -> Response:
+    assert isinstance(error, RoleNotAllowed)
+    return problem(403, str(error), role=error.role, operation_id=error.operation_id)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method the request's path supports. Starlette's 405 names only the methods of
+    the first route whose path matched, and a path may have one route per method."""
+    methods = []
+    for method in ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            methods.append(method)
+    return ", ".join(methods)
+
+
 async def _on_http_error(request: Request, error: Exception) -> Response:
     assert isinstance(error, StarletteHTTPException)
     detail = error.detail if isinstance(error.detail, str) else HTTPStatus(error.status_code).phrase
-    return problem(error.status_code, detail, headers=dict(error.headers or {}))
+    headers = dict(error.headers or {})
+    if error.status_code == 405 and (allowed := _allowed_methods(request)):
+        headers["Allow"] = allowed
+    return problem(error.status_code, detail, headers=headers)
 
 
 async def _on_ledger_error(request: Request, error: Exception) -> Response:
@@ -153,11 +239,18 @@ async def _on_ledger_error(request: Request, error: Exception) -> Response:
                 "type": "value_error",
             }
         ]
+    if isinstance(error, InvalidTransition):
+        extra["current_status"] = error.current_status
+    if isinstance(error, ConcurrencyConflict) and error.current_version is not None:
+        extra["current_version"] = error.current_version
     if status == 500:
         logger.error("unmapped ledger error: %r", error)
+    headers = None
+    if isinstance(error, IdempotencyRequestInFlight):
+        headers = {"Retry-After": str(error.retry_after_seconds)}
     slug = type(error).__name__
     slug = "".join("-" + c.lower() if c.isupper() else c for c in slug).lstrip("-")
-    return problem(status, error.detail, slug=slug, title=error.title, **extra)
+    return problem(status, error.detail, slug=slug, title=error.title, headers=headers, **extra)
 
 
 async def _on_unavailable(request: Request, error: Exception) -> Response:
@@ -178,6 +271,24 @@ async def _on_unsupported_media_type(request: Request, error: Exception) -> Resp
     return problem(415, "send the request body as application/json")
 
 
+# PostgreSQL text and jsonb cannot hold NUL (\u0000): a request carrying one in a field no
+# pattern excludes fails when it is written or compared. The transaction is rolled back, so
+# it is bad input with nothing written: 422, never a 500.
+UNSTORABLE_TEXT = (asyncpg.CharacterNotInRepertoireError, asyncpg.UntranslatableCharacterError)
+
+
+async def _on_unstorable_text(request: Request, error: Exception) -> Response:
+    message = "a text value contains NUL (\\u0000), which cannot be stored"
+    where = "query" if request.method in ("GET", "HEAD", "DELETE") else "body"
+    return problem(
+        422,
+        f"{message}; nothing was written",
+        slug="validation-error",
+        title="Request is invalid",
+        errors=[{"field": where, "location": where, "message": message, "type": "value_error"}],
+    )
+
+
 async def _on_unexpected(request: Request, error: Exception) -> Response:
     logger.exception(
         "unexpected error during %s %s (correlation id %s)",
@@ -194,6 +305,10 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(LedgerError, _on_ledger_error)
     app.add_exception_handler(ServiceUnavailable, _on_unavailable)
     app.add_exception_handler(UnsupportedMediaType, _on_unsupported_media_type)
+    app.add_exception_handler(NotAuthenticated, _on_not_authenticated)
+    app.add_exception_handler(RoleNotAllowed, _on_role_not_allowed)
     for kind in DATABASE_UNAVAILABLE:
         app.add_exception_handler(kind, _on_unavailable)
+    for unstorable in UNSTORABLE_TEXT:
+        app.add_exception_handler(unstorable, _on_unstorable_text)
     app.add_exception_handler(Exception, _on_unexpected)

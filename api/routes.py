@@ -16,6 +16,7 @@ from api.errors import PROBLEM_MEDIA_TYPE, UnsupportedMediaType
 from api.jsonio import ExactJSONRoute, JSONResponse
 from api.models import Application, ApplyRequest, Event, Health, Problem
 from api.service import LedgerService
+from api.time_travel import AsOf, AtPosition, application_then, history_then
 from ledger.application import APPLICANT_ID_PATTERN, stream_id_for
 from ledger.errors import NotFound
 from ledger.idempotency import request_fingerprint
@@ -26,7 +27,14 @@ router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONRespon
 
 
 def _problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in (*codes, 503)}
+    """Problem responses for `codes`, plus those any route may give: 503 (database down),
+    422 (else FastAPI documents its own application/json validation error for routes with
+    parameters), and 413 for routes taking a JSON body (those that declare 415)."""
+    always = (422, 503, 413) if 415 in codes else (422, 503)
+    return {
+        code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}}
+        for code in sorted({*codes, *always})
+    }
 
 
 # --- Dependencies ---
@@ -96,6 +104,7 @@ async def apply(
         correlation_id=request.state.correlation_id,
         idempotency_key=idempotency_key,
         fingerprint=request_fingerprint("POST", "/lending/apply", body.model_dump(mode="json")),
+        idempotency_retention=service.settings.idempotency_retention,
     )
     result = await submit_application(pool, body, context, service.scoring_model, datetime.now(UTC))
     headers = {"Idempotent-Replayed": "true"} if result.replayed else None
@@ -128,7 +137,10 @@ async def history(
     applicant_id: Annotated[str, Path(pattern=f"^{APPLICANT_ID_PATTERN.pattern}$")],
     pool: PoolDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    as_of: AsOf = None,
 ) -> JSONResponse:
+    if as_of is not None:
+        return await history_then(pool, applicant_id, as_of, limit)
     async with pool.acquire() as connection:
         rows = await applicant_history(connection, applicant_id, limit)
     return JSONResponse([Application.from_row(row) for row in rows])
@@ -141,13 +153,18 @@ async def history(
     response_model=Application,
     responses=_problem_responses(404),
 )
-async def application(application_id: str, pool: PoolDep) -> JSONResponse:
+async def application(
+    application_id: str, pool: PoolDep, as_of: AsOf = None, at_position: AtPosition = None
+) -> JSONResponse:
     parsed = _parse_application_id(application_id)
+    if as_of is not None or at_position is not None:
+        return await application_then(pool, parsed, as_of, at_position)
     async with pool.acquire() as connection:
         row = await get_application(connection, parsed)
     if row is None:
         raise NotFound(f"no application {application_id!r}")
-    return JSONResponse(Application.from_row(row))
+    # The ETag is the stream version: send it back as If-Match when acting on what you saw.
+    return JSONResponse(Application.from_row(row), headers={"ETag": f'"{row.state.version}"'})
 
 
 @router.get(

@@ -10,15 +10,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 
+from api.dbrole import ensure_schema
 from api.errors import DATABASE_UNAVAILABLE, ServiceUnavailable
+from api.live import LedgerTail, LiveSettings
 from api.settings import Settings
+from ledger import idempotency
 from ledger.db import connect, create_pool
-from ledger.schema import apply_schema
 from ledger.scoring import ScoringModel, get_model
+from ledger.seals import Sealer
 from ledger.sequencer import Sequencer, SequencerSettings
+from ledger.signing import SigningKey, load_or_create_signing_key
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +35,7 @@ class LedgerService:
         settings: Settings,
         database_url: str,
         sequencer_settings: SequencerSettings | None = None,
+        live_settings: LiveSettings | None = None,
     ) -> None:
         self.settings = settings
         self.database_url = database_url
@@ -37,6 +44,9 @@ class LedgerService:
         self._ready = asyncio.Event()
         self._last_error: str | None = "starting"
         self.sequencer = Sequencer(database_url, sequencer_settings)
+        self.tail = LedgerTail(database_url, live_settings)
+        # Generated on first start when absent; a broken key file stops start-up here.
+        self.signing_key: SigningKey = load_or_create_signing_key(settings.signing_key_path)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -56,6 +66,10 @@ class LedgerService:
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._connect(), name="ledger-connect"))
 
+    def run_in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """Run `work` until it ends or the service stops (then it is cancelled)."""
+        self._tasks.append(asyncio.create_task(work, name=name))
+
     async def wait_ready(self, timeout: float) -> None:
         await asyncio.wait_for(self._ready.wait(), timeout)
 
@@ -65,7 +79,8 @@ class LedgerService:
             try:
                 connection = await connect(self.database_url)
                 try:
-                    await apply_schema(connection)
+                    # Applied if this role may; else it must be current (api/dbrole.py).
+                    await ensure_schema(connection)
                 finally:
                     await connection.close()
                 self._pool = await create_pool(
@@ -84,8 +99,33 @@ class LedgerService:
         self._ready.set()
         logger.info("database ready; schema applied")
         self._tasks.append(asyncio.create_task(self.sequencer.run(), name="ledger-sequencer"))
+        if self.settings.seal_interval_seconds > 0:
+            sealer = Sealer(self.pool, self.signing_key, self.settings.seal_interval_seconds)
+            self._tasks.append(asyncio.create_task(sealer.run(), name="ledger-sealer"))
+        self._tasks.append(asyncio.create_task(self.tail.run(), name="ledger-live-listener"))
+        self._tasks.append(
+            asyncio.create_task(self._purge_idempotency_keys(), name="ledger-idempotency-purge")
+        )
+
+    async def _purge_idempotency_keys(self) -> None:
+        """Delete expired idempotency records now and then (bounded batches). Expired keys
+        are already treated as unused when claimed; this only keeps the table small."""
+        retention = self.settings.idempotency_retention
+        # A record lives at most a quarter of the retention past its expiry.
+        interval = min(max(retention.total_seconds() / 4, 1.0), 600.0)
+        while True:
+            try:
+                async with self.pool.acquire() as connection:
+                    deleted = await idempotency.purge_expired(connection, retention)
+                if deleted:
+                    logger.info("deleted %d expired idempotency records", deleted)
+            except (ServiceUnavailable, asyncpg.PostgresError, *DATABASE_UNAVAILABLE) as error:
+                logger.warning("idempotency purge failed (%r); will retry", error)
+            await asyncio.sleep(interval)
 
     async def stop(self) -> None:
+        # Open SSE streams end first, so their responses finish instead of being cut off.
+        self.tail.close()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 from ledger.scoring import DEFAULT_MODEL, get_model
@@ -33,6 +34,13 @@ def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> i
     return value
 
 
+def _bool(env: dict[str, str], name: str) -> bool:
+    raw = (env.get(name) or "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
+    return raw in ("true", "1", "yes")
+
+
 @dataclass(frozen=True)
 class Settings:
     database_url: str | None = None
@@ -44,6 +52,20 @@ class Settings:
     pool_size: int = 10
     scoring_model: str = DEFAULT_MODEL
     max_body_bytes: int = 64 * 1024
+    # How long an Idempotency-Key is remembered (docs/api.md, "Idempotency").
+    idempotency_retention: timedelta = timedelta(hours=24)
+    # Production refuses a database role that can rewrite the ledger unless this is set
+    # (docs/operations.md, "The database role").
+    allow_privileged_database_role: bool = False
+    # The Ed25519 key that signs seals; None: <data_dir>/seal-signing-key.pem. Generated on
+    # first start when absent (docs/operations.md, "Seals").
+    signing_key_file: Path | None = None
+    # Seconds between background seals (when new events exist); 0 turns the sealer off.
+    seal_interval_seconds: int = 60
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.signing_key_file or self.data_dir / "seal-signing-key.pem"
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Settings:
@@ -67,4 +89,14 @@ class Settings:
             pool_size=_int(env, "LEDGER_DB_POOL_SIZE", 10, 1, 200),
             scoring_model=scoring_model,
             max_body_bytes=_int(env, "LEDGER_MAX_BODY_BYTES", 64 * 1024, 1024, 16 * 1024 * 1024),
+            idempotency_retention=timedelta(
+                hours=_int(env, "LEDGER_IDEMPOTENCY_RETENTION_HOURS", 24, 1, 24 * 366)
+            ),
+            allow_privileged_database_role=_bool(env, "LEDGER_ALLOW_PRIVILEGED_DB_ROLE"),
+            signing_key_file=(
+                Path(env["LEDGER_SIGNING_KEY_FILE"]).expanduser()
+                if env.get("LEDGER_SIGNING_KEY_FILE")
+                else None
+            ),
+            seal_interval_seconds=_int(env, "LEDGER_SEAL_INTERVAL_SECONDS", 60, 0, 7 * 24 * 3600),
         )

@@ -20,6 +20,26 @@ ORDER BY u.stream_version
 RETURNING position, stream_version
 """
 
+# Bulk import (api/bulk_import.py): the events of many new streams in one statement, in
+# the order given (so positions increase along each stream). Rows map back by event_id.
+INSERT_EVENTS_OF_STREAMS = """
+INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
+                    data, metadata, recorded_at, prev_hash, hash)
+SELECT u.stream_id, u.stream_version, u.event_id, u.event_type, u.schema_version,
+       u.data, u.metadata, u.recorded_at, u.prev_hash, u.hash
+FROM unnest($1::text[], $2::integer[], $3::uuid[], $4::text[], $5::integer[], $6::jsonb[],
+            $7::jsonb[], $8::timestamptz[], $9::bytea[], $10::bytea[]) WITH ORDINALITY
+     AS u(stream_id, stream_version, event_id, event_type, schema_version, data, metadata,
+          recorded_at, prev_hash, hash, n)
+ORDER BY u.n
+RETURNING position, event_id
+"""
+
+# Which of these streams have begun (their version 1 exists): one unique-index probe each.
+SELECT_EXISTING_STREAMS = """
+SELECT stream_id FROM events WHERE stream_id = ANY($1::text[]) AND stream_version = 1
+"""
+
 SELECT_STREAM_HEAD = """
 SELECT stream_version, hash FROM events
 WHERE stream_id = $1
@@ -34,12 +54,37 @@ WHERE e.stream_id = $1 AND e.position <= $2
 ORDER BY e.stream_version
 """
 
+# Time travel: the streams as they stood at a recorded time ($2), each the prefix of events
+# before the first one recorded later. A prefix, not a filter: recorded_at is when the
+# command was handled, and a later version can carry an earlier time than the one before it
+# (its request started first but appended second); that later version did not exist yet.
+SELECT_STREAMS_AS_OF = f"""
+SELECT {EVENT_COLUMNS}
+FROM events e LEFT JOIN ledger_log l ON l.position = e.position
+WHERE e.stream_id = ANY($1::text[]) AND e.position <= $3
+  AND NOT EXISTS (
+      SELECT 1 FROM events f
+      WHERE f.stream_id = e.stream_id AND f.stream_version <= e.stream_version
+        AND f.recorded_at > $2
+  )
+ORDER BY e.stream_id, e.stream_version
+"""
+
 SELECT_FEED = f"""
 SELECT {EVENT_COLUMNS}
 FROM ledger_log l JOIN events e ON e.position = l.position
 WHERE l.seq > $1
 ORDER BY l.seq
 LIMIT $2
+"""
+
+# Score reconstruction (`rescore --all`): read through a server-side cursor, stream by stream,
+# so one stream's scores and decisions are in memory at a time. $1: the event types.
+SELECT_SCORE_EVENTS = f"""
+SELECT {EVENT_COLUMNS}
+FROM events e LEFT JOIN ledger_log l ON l.position = e.position
+WHERE e.event_type = ANY($1::text[])
+ORDER BY e.stream_id, e.stream_version
 """
 
 # --- The sequencer (see schema.sql, "The ledger log", for why it reads in this order) ---
@@ -83,22 +128,57 @@ TRY_LEADERSHIP = "SELECT pg_try_advisory_lock($1)"
 
 SEQUENCER_STATUS = "SELECT last_seq FROM ledger_cursor"
 
-# --- Idempotency ---
+# --- Idempotency (the protocol, and why it never waits, is in ledger/idempotency.py) ---
 
-# ON CONFLICT DO NOTHING waits while another transaction holds the same key uncommitted,
-# then does nothing if that transaction committed: a concurrent retry replays the first
-# response instead of appending twice.
-CLAIM_IDEMPOTENCY_KEY = """
-INSERT INTO idempotency_keys (idempotency_key, request_fingerprint) VALUES ($1, $2)
-ON CONFLICT (idempotency_key) DO NOTHING
-RETURNING idempotency_key
+# Transaction-scoped: released at commit or rollback, so a crashed request frees its key.
+TRY_IDEMPOTENCY_LOCK = "SELECT pg_try_advisory_xact_lock($1)"
+
+# A live record is younger than the retention ($3). A committed record always has its
+# response: the claim and the response are written in the same transaction.
+SELECT_LIVE_IDEMPOTENT_RESPONSE = """
+SELECT request_fingerprint, status_code, response_body FROM idempotency_keys
+WHERE scope = $1 AND idempotency_key = $2 AND created_at > now() - $3::interval
 """
 
-SELECT_IDEMPOTENT_RESPONSE = """
-SELECT request_fingerprint, status_code, response_body FROM idempotency_keys
-WHERE idempotency_key = $1
+# Claims the key: a new row, or an expired record of the same key taken over as if unused.
+# Returns no row when a live record exists.
+CLAIM_IDEMPOTENCY_KEY = """
+INSERT INTO idempotency_keys AS k (scope, idempotency_key, request_fingerprint)
+VALUES ($1, $2, $3)
+ON CONFLICT (scope, idempotency_key) DO UPDATE
+SET request_fingerprint = EXCLUDED.request_fingerprint,
+    status_code = NULL,
+    response_body = NULL,
+    created_at = now()
+WHERE k.created_at <= now() - $4::interval
+RETURNING k.idempotency_key
 """
 
 SAVE_IDEMPOTENT_RESPONSE = """
-UPDATE idempotency_keys SET status_code = $2, response_body = $3 WHERE idempotency_key = $1
+UPDATE idempotency_keys SET status_code = $3, response_body = $4
+WHERE scope = $1 AND idempotency_key = $2
+"""
+
+# One bounded batch, oldest first. SKIP LOCKED: the purge never waits for a request that is
+# taking over an expired key (it deletes that row on a later round, if still expired).
+PURGE_EXPIRED_IDEMPOTENCY_KEYS = """
+WITH expired AS (
+    SELECT scope, idempotency_key FROM idempotency_keys
+    WHERE created_at <= now() - $1::interval
+    ORDER BY created_at
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+), deleted AS (
+    DELETE FROM idempotency_keys k USING expired e
+    WHERE k.scope = e.scope AND k.idempotency_key = e.idempotency_key
+    RETURNING 1
+)
+SELECT count(*) FROM deleted
+"""
+
+# --- Schema state (ledger/schema.py) ---
+
+RECORD_SCHEMA_DIGEST = """
+INSERT INTO schema_applied (singleton, sha256, applied_at) VALUES (true, $1, now())
+ON CONFLICT (singleton) DO UPDATE SET sha256 = EXCLUDED.sha256, applied_at = EXCLUDED.applied_at
 """

@@ -35,6 +35,18 @@ def with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Default data directories (and the seal signing key generated in them) go to a
+    temporary XDG_DATA_HOME, for this process and every service process a test starts:
+    tests never write into the user's home."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("xdg-data")
+        patch.setenv("XDG_DATA_HOME", str(home))
+        patch.delenv("LEDGER_SIGNING_KEY_FILE", raising=False)
+        yield home
+
+
 @pytest.fixture(scope="session")
 def server_url() -> Iterator[str]:
     """A URL of a PostgreSQL server where tests may create databases."""
@@ -99,8 +111,12 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
 @pytest.fixture(scope="session")
 async def app(database_url: str) -> AsyncIterator[FastAPI]:
+    # No background sealer: tests seal on demand (POST /audit/seals), so what a seal covers
+    # is deterministic.
     application = create_app(
-        Settings(app_env="test"), database_url=database_url, sequencer_settings=FAST_SEQUENCER
+        Settings(app_env="test", seal_interval_seconds=0),
+        database_url=database_url,
+        sequencer_settings=FAST_SEQUENCER,
     )
     async with application.router.lifespan_context(application):
         await application.state.service.wait_ready(30)
