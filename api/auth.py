@@ -93,6 +93,7 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     "get_event_feed": _AUDITORS,
     "stream_events": _AUDITORS,
     "get_score_reconstruction": _AUDITORS,
+    "get_decision_record": _AUDITORS,
     "get_public_key": _AUDITORS,
     "get_latest_seal": _AUDITORS,
     "get_inclusion_proof": _AUDITORS,

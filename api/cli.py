@@ -17,6 +17,7 @@ from api.bulk_import import add_import_parser, run_import
 from api.cli_auth import add_keys_parser, prepare_to_serve, run_keys
 from api.cli_seal import add_seal_parser, run_seal
 from api.embedded import database_url
+from api.export import add_export_parser, run_export
 from api.maintenance import add_maintenance_parsers, run_catch_up, run_rebuild, run_verify
 from api.rescore import add_rescore_parser, run_rescore
 from api.settings import ConfigurationError, Settings
@@ -126,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply schema.sql (idempotent)")
     add_keys_parser(commands)
     add_rescore_parser(commands)
+    add_export_parser(commands)
     add_import_parser(commands)
     add_seal_parser(commands)
     add_maintenance_parsers(commands)
@@ -149,6 +151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_keys(settings, args)
     if args.command == "rescore":
         return run_rescore(settings, args)
+    if args.command == "export":
+        return run_export(settings, args)
     if args.command == "seal":
         return run_seal(settings, args)
     if args.command == "import":

@@ -1,12 +1,16 @@
-"""Audit routes: score reconstruction."""
+"""Audit routes: score reconstruction and the decision record."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, Response
 
 from api.audit_models import ScoreReconstruction, ScoreReconstructionReport
+from api.export import DecisionRecord, read_decision_record, render_html
 from api.jsonio import ExactJSONRoute, JSONResponse
-from api.routes import PoolDep, _parse_application_id, _problem_responses
+from api.routes import PoolDep, ServiceDep, _parse_application_id, _problem_responses
 from ledger.application import stream_id_for
 from ledger.errors import NotFound
 from ledger.reconstruction import reconstruct_stream
@@ -40,3 +44,41 @@ async def score_reconstruction(application_id: str, pool: PoolDep) -> JSONRespon
             scores=[ScoreReconstruction.from_check(check) for check in checks],
         )
     )
+
+
+@router.get(
+    "/audit/applications/{application_id}/record",
+    operation_id="get_decision_record",
+    summary="The full decision record of the application, verified",
+    response_model=DecisionRecord,
+    responses={
+        200: {
+            "description": "the record as JSON, or with ?format=html a one-page HTML report",
+            "content": {"text/html": {"schema": {"type": "string"}}},
+        },
+        **_problem_responses(404),
+    },
+)
+async def decision_record(
+    application_id: str,
+    pool: PoolDep,
+    service: ServiceDep,
+    format: Annotated[
+        Literal["json", "html"], Query(description="json (default) or html")
+    ] = "json",
+) -> Response:
+    """Every event with its hashes and metadata; the recorded inputs, model, score and
+    reasons (with their catalogue text); the automatic and analyst decisions, agent actions
+    and withdrawal; and the verification: the stream's hash chain recomputed, every score
+    reconstructed, and each event's inclusion proof in the latest seal checked against the
+    public key (`not_yet_sealed` for events after it). Read from one consistent snapshot."""
+    parsed = _parse_application_id(application_id)
+    async with pool.acquire() as connection:
+        record = await read_decision_record(
+            connection, parsed, [service.signing_key.public_key], MODELS
+        )
+    if record is None:
+        raise NotFound(f"no application {application_id!r}")
+    if format == "html":
+        return HTMLResponse(render_html(record))
+    return JSONResponse(record)
