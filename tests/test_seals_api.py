@@ -153,7 +153,12 @@ async def test_seal_then_prove_inclusion_and_consistency_with_the_documented_ver
     cases: list[tuple[str, Any]] = [
         ("event: altered", lambda p: p["event"]["data"].update(amount="2500.51")),
         ("event: altered", lambda p: p["event"].update(prev_hash="11" * 32)),
-        ("proof: does not lead", lambda p: p["event"].update(seq=p["event"]["seq"] + 1)),
+        # Moving the leaf index changes the path's shape: depending on where the leaf sits
+        # in the tree the verifier finds the path too long or the root unreached.
+        (
+            "proof: (does not lead|too long)",
+            lambda p: p["event"].update(seq=p["event"]["seq"] + 1),
+        ),
         ("proof: does not lead", lambda p: p["audit_path"].__setitem__(0, "22" * 32)),
         ("seal: bad signature", lambda p: p["seal"].update(root_hash="33" * 32)),
         ("seal: bad signature", lambda p: p["seal"].update(tree_size=p["seal"]["tree_size"] + 1)),
