@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
+import os
+import signal
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from api.app import create_app
+from api.bulk_import import import_file
 from api.cli import main
 from api.dbrole import with_credentials
 from api.progress import ProgressBar, render
@@ -26,6 +32,7 @@ from ledger.db import Connection, connect
 from ledger.errors import RebuildInProgress
 from ledger.events import RecordedEvent
 from ledger.schema import apply_schema
+from ledger.scoring import RATIO_V1
 from projections import runner
 from projections.applications import ApplicationsProjector
 from projections.rebuild import (
@@ -33,6 +40,7 @@ from projections.rebuild import (
     catch_up_projection,
     last_rebuild,
     live_checkpoint,
+    projection_lock_held,
     rebuild,
     table_shape,
     try_lock_projection,
@@ -42,6 +50,7 @@ from projections.runner import ProjectionFailed
 from tests.conftest import FAST_SEQUENCER, MakeDatabase
 from tests.helpers import assert_problem, wait_until_sequenced
 from tests.keyed import lifespan_in_own_task
+from tests.test_e2e import service_command
 from tests.test_properties_db import assert_read_models_equal_the_fold
 from tests.workload import Command, Service, commands, fresh_service, new_run, run_command
 
@@ -328,6 +337,121 @@ async def test_a_rebuild_killed_mid_build_or_mid_swap_leaves_the_live_tables_unt
             status = await last_rebuild(connection, "applications")
             assert status is not None
             assert status.status == "succeeded"
+
+
+async def shadow_checkpoint(connection: Connection) -> int:
+    """How far the rebuild's shadow has folded the log (0 before it has a checkpoint)."""
+    try:
+        last_seq = await connection.fetchval(
+            "SELECT last_seq FROM rebuild_applications.projection_checkpoints "
+            "WHERE projection = 'applications'"
+        )
+    except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+        return 0
+    return int(last_seq or 0)
+
+
+@pytest.mark.slow
+async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole_and_reruns(
+    make_database: MakeDatabase, tmp_path: Path
+) -> None:
+    """`lending-ledger rebuild` as a separate process, SIGKILLed while its shadow is part
+    folded (no handler runs, no failure is recorded): the live tables are the ones from
+    before, appends keep working, the status reads `interrupted`, and the next run starts
+    afresh, drops the leftovers and swaps in tables equal to the fold."""
+    async with fresh_service(make_database) as service:
+        applications = 1200
+        source = tmp_path / "history.jsonl"
+        source.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "applicant_id": f"cust_kill_{number % 300}",
+                        "amount": str(1000 + number),
+                        "income": "52000",
+                        "employment_years": number % 9,
+                    }
+                )
+                + "\n"
+                for number in range(applications)
+            ),
+            encoding="utf-8",
+        )
+        imported = await import_file(service.url, source, model=RATIO_V1)
+        assert imported.events == 3 * applications
+        head = await wait_until_sequenced(service.pool)
+        async with service.pool.acquire() as connection:
+            before = await snapshot(connection)
+        assert len(before["loan_applications"]) == applications
+
+        def start_rebuild(log_name: str) -> subprocess.Popen[bytes]:
+            environment = {**os.environ, "DATABASE_URL": service.url}
+            with (tmp_path / log_name).open("wb") as log:
+                # Popen only starts the process; every wait below is bounded.
+                return subprocess.Popen(
+                    [
+                        *service_command(),
+                        "rebuild",
+                        "--projection",
+                        "applications",
+                        "--batch-size",
+                        "10",
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=environment,
+                )
+
+        process = start_rebuild("killed.log")
+        try:
+            async with service.pool.acquire() as looking, asyncio.timeout(DEADLINE):
+                while await shadow_checkpoint(looking) == 0:
+                    assert process.poll() is None, (tmp_path / "killed.log").read_text()
+                    await asyncio.sleep(0.005)
+                process.send_signal(signal.SIGKILL)
+                assert await asyncio.to_thread(process.wait, DEADLINE) == -signal.SIGKILL
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(DEADLINE)
+
+        async with service.pool.acquire() as connection:
+            folded = await shadow_checkpoint(connection)
+            assert 0 < folded < head  # it died with the shadow part built
+            assert await snapshot(connection) == before
+            assert await rebuild_schemas(connection) == ["rebuild_applications"]
+            # The server ends the dead client's session, which releases its lock.
+            async with asyncio.timeout(DEADLINE):
+                while await projection_lock_held(connection, "applications"):  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            status = await last_rebuild(connection, "applications")
+            assert status is not None
+            assert status.status == "interrupted"
+
+        during = await apply_one(service, "after_kill")  # the live tables still take appends
+        await wait_until_sequenced(service.pool)
+
+        process = start_rebuild("rerun.log")
+        try:
+            code = await asyncio.to_thread(process.wait, DEADLINE)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait(DEADLINE)
+        output = (tmp_path / "rerun.log").read_text()
+        assert code == 0, output
+        assert f"rebuilt applications: {3 * (applications + 1):,} events" in output
+        async with service.pool.acquire() as connection:
+            after = await snapshot(connection)
+            assert len(after["loan_applications"]) == applications + 1
+            assert during in {
+                json.loads(row)["application_id"] for row in after["loan_applications"]
+            }
+            assert await rebuild_schemas(connection) == []
+            status = await last_rebuild(connection, "applications")
+            assert status is not None
+            assert status.status == "succeeded"
+            await assert_read_models_equal_the_fold(connection)
 
 
 async def test_a_swap_that_cannot_lock_gives_up_and_keeps_the_live_tables(
