@@ -5,20 +5,18 @@ Each calls the product's own code, so the figure is what an operator gets:
 - bulk import: `api.bulk_import.import_file` (`lending-ledger import`), timed whole (the
   checking pass included);
 - rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection;
-- verify: `projections.verify.verify_ledger` (`lending-ledger verify`) when that module is
-  present, else the hash chains alone: every event streamed through a server-side cursor
-  and checked with `ledger.chain.verify_stream`. `VERIFY_WITH_COMMAND` is the one switch.
-  The chain-only figure is always measured too (it is what the target names).
+- verify: `projections.verify.verify_ledger` as `lending-ledger verify --skip-read-models`
+  runs it (hash chains, ledger log, triggers; the target's "hash chains verified"), and as
+  plain `lending-ledger verify` (the read models folded and compared too). A reference:
+  the chains alone in one process, every event through a server-side cursor and
+  `ledger.chain.verify_stream`.
 """
 
 from __future__ import annotations
 
-import importlib
 import time
-from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from api.bulk_import import ImportResult, import_file
 from bench import sql
@@ -32,11 +30,7 @@ from ledger.sequencer import sequence_all
 from ledger.store import recorded_event_from_row
 from projections.rebuild import rebuild
 from projections.runner import all_projectors
-
-VERIFY_WITH_COMMAND = True
-"""Time `lending-ledger verify`'s function when projections.verify has it; False: chains only."""
-
-VERIFY_COMMAND_MODULE = "projections.verify"
+from projections.verify import verify_ledger
 
 
 async def import_applications(
@@ -138,39 +132,25 @@ async def verify_chains(url: str, prefetch: int = 10_000) -> RateFigure:
     )
 
 
-def _verify_command() -> Callable[[Callable[[], Awaitable[Connection]]], Awaitable[Any]] | None:
-    if not VERIFY_WITH_COMMAND:
-        return None
-    try:
-        module = importlib.import_module(VERIFY_COMMAND_MODULE)
-    except ModuleNotFoundError:
-        return None
-    function: Callable[[Callable[[], Awaitable[Connection]]], Awaitable[Any]] | None = getattr(
-        module, "verify_ledger", None
-    )
-    return function
-
-
-async def verify_with_command(url: str, events: int) -> RateFigure | None:
-    """`lending-ledger verify` (chains, log, triggers, read models), or None without it."""
-    verify_ledger = _verify_command()
-    if verify_ledger is None:
-        return None
+async def verify_command(url: str, events: int, *, read_models: bool) -> RateFigure:
+    """`lending-ledger verify` as the command runs it (worker processes chosen as the CLI
+    does: one per core from 200,000 events). With `read_models=False` it is `verify
+    --skip-read-models`: the tamper evidence (chains, ledger log, triggers) only."""
 
     async def open_connection() -> Connection:
         return await connect(url)
 
     started = time.perf_counter()
-    report = await verify_ledger(open_connection)
+    report = await verify_ledger(open_connection, read_models=read_models, jobs=0, database_url=url)
     seconds = time.perf_counter() - started
     if not report.ok:
         raise RuntimeError(f"verify found problems in the bench's own data: {report.to_json()}")
+    flags = "" if read_models else " --skip-read-models"
     return rate_figure(
-        "verify",
+        "verify" if not read_models else "verify_read_models",
         events,
         seconds,
-        f"{VERIFY_COMMAND_MODULE}.verify_ledger (lending-ledger verify: chains, log, "
-        "triggers, read models)",
+        f"projections.verify.verify_ledger (lending-ledger verify{flags})",
         {"checked": dict(report.checked)},
     )
 

@@ -335,13 +335,10 @@ class Run:
             logger.info("replay: verify (%d events)", events)
             chains = await offline.verify_chains(url)
             self.references["verify_chains"] = asdict(chains)
-            command = await offline.verify_with_command(url, events)
-            self.rates["verify"] = command or chains
-            if command is None:
-                self.notes.append(
-                    "verify: projections.verify.verify_ledger not found; the figure is "
-                    "the chain-only verification"
-                )
+            self.rates["verify"] = await offline.verify_command(url, events, read_models=False)
+            self.references["verify_read_models"] = asdict(
+                await offline.verify_command(url, events, read_models=True)
+            )
             logger.info("replay: rebuild")
             self.rates["rebuild"] = await offline.rebuild_all(
                 url, events, config.rebuild_batch_size
