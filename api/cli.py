@@ -58,7 +58,7 @@ def stop_on_signals() -> Iterator[None]:
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    import uvicorn
+    from api.server import run
 
     host = args.host or settings.host
     port = settings.port if args.port is None else args.port
@@ -68,6 +68,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     except SigningKeyError as error:
         print(f"lending-ledger: signing key: {error}", file=sys.stderr)
         return 2
+    started = True  # a SIGINT/SIGTERM ends serving normally, wherever it arrives
     with stop_on_signals(), database_url(settings.database_url, settings.data_dir) as url:
         if settings.database_url is None:
             print(f"lending-ledger: embedded PostgreSQL, data in {settings.data_dir}", flush=True)
@@ -82,7 +83,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"lending-ledger: serving on http://{host}:{port} with {workers} worker(s)", flush=True
         )
-        uvicorn.run(
+        started = run(
             "api.app:create_app",
             factory=True,
             host=host,
@@ -91,6 +92,9 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             log_level=args.log_level,
             timeout_graceful_shutdown=30,
         )
+    if not started:
+        print("lending-ledger: the server did not start (see the log above)", file=sys.stderr)
+        return 1
     print("lending-ledger: stopped", flush=True)
     return 0
 

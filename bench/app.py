@@ -1,8 +1,9 @@
 """The benchmark's app: the product's app (api.app.create_app) plus two reference routes.
 
-`uvicorn bench.app:create_bench_app --factory` runs the same middleware, error handling,
-authorisation and JSON rendering as the service, so the references differ from the
-product's routes only in the work the handler does:
+`python -m bench.app --port P --workers N` serves it the way `lending-ledger serve` serves
+the product (api.server.run: uvicorn, TCP_NODELAY on every connection), with the same
+middleware, error handling, authorisation and JSON rendering, so the references differ
+from the product's routes only in the work the handler does:
 
 - `GET /bench/noop`: nothing at all (the HTTP ceiling of this stack);
 - `POST /bench/naive`: validates the same `ApplyRequest` body as `POST /lending/apply` and
@@ -14,6 +15,8 @@ These routes are never part of the product app.
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Sequence
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, FastAPI
@@ -23,6 +26,7 @@ from api.app import create_app
 from api.jsonio import ExactJSONRoute, JSONResponse
 from api.models import ApplyRequest, MoneyOut
 from api.routes import PoolDep, require_json
+from api.server import run
 from bench import sql
 
 router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONResponse)
@@ -78,3 +82,26 @@ def create_bench_app() -> FastAPI:
     app = create_app()
     app.include_router(router)
     return app
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Serve the bench app on loopback, as `lending-ledger serve` serves the product."""
+    parser = argparse.ArgumentParser(prog="python -m bench.app")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--access-log", action="store_true")
+    args = parser.parse_args(argv)
+    run(
+        "bench.app:create_bench_app",
+        factory=True,
+        host="127.0.0.1",
+        port=args.port,
+        workers=args.workers,
+        log_level="warning",
+        access_log=args.access_log,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

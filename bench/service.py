@@ -186,36 +186,28 @@ async def service_process(
     log_dir: Path,
     ready_timeout: float = 90.0,
 ) -> AsyncIterator[RunningService]:
-    """uvicorn with the bench app (the product's app plus the reference routes), as a
-    process group of its own so that every worker is stopped with it."""
+    """The bench app (the product's app plus the reference routes), served as the product
+    is, as a process group of its own so that every worker is stopped with it."""
     port = free_port()
     env = {
         **os.environ,
         "DATABASE_URL": database_url,
         "APP_ENV": "development",
         "LEDGER_DB_POOL_SIZE": str(pool_size),
+        # The bench package is not installed: the service and its workers import it from here.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
     }
     command = [
         sys.executable,
         "-m",
-        "uvicorn",
-        "bench.app:create_bench_app",
-        "--factory",
-        "--host",
-        LOOPBACK,
+        "bench.app",
         "--port",
         str(port),
         "--workers",
         str(workers),
-        "--log-level",
-        "warning",
-        "--app-dir",
-        str(REPO_ROOT),
-        "--timeout-graceful-shutdown",
-        "10",
     ]
-    if not access_log:
-        command.append("--no-access-log")
+    if access_log:
+        command.append("--access-log")
     log_path = log_dir / f"service-{port}.log"
     process = _start_process_group(command, env, log_path)
     try:
