@@ -48,7 +48,10 @@ class LastRebuild(BaseModel):
     finished_at: datetime | None
     events: int = Field(description="events folded into the rebuilt tables")
     through_seq: int | None = Field(description="the last ledger seq the rebuild covered")
-    rows: dict[str, int] = Field(description="rows per table right after the swap")
+    rows: dict[str, int] | None = Field(
+        description="rows per table, counted right after the swap; null until counted (a "
+        "moment after the status turns succeeded) and for rebuilds that did not succeed"
+    )
     error: str | None
 
 

@@ -51,7 +51,7 @@ import asyncio
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -114,7 +114,9 @@ class RebuildStatus:
     finished_at: datetime | None
     events: int
     through_seq: int | None
-    rows: dict[str, int] = field(default_factory=dict)
+    rows: dict[str, int] | None = None
+    """Rows per table, counted just after the swap commits: None until then (and for a
+    rebuild that did not succeed), so a reader never takes "not counted yet" for zero."""
     error: str | None = None
 
 
@@ -555,7 +557,7 @@ async def last_rebuild(connection: Connection, name: str) -> RebuildStatus | Non
         finished_at=row["finished_at"],
         events=row["events"],
         through_seq=row["through_seq"],
-        rows=dict(row["row_counts"]),
+        rows=dict(row["row_counts"]) or None,
         error=row["error"],
     )
 
