@@ -74,6 +74,10 @@ DATABASE_UNAVAILABLE = (
     asyncpg.ConnectionDoesNotExistError,
     asyncpg.InterfaceError,
     asyncpg.AdminShutdownError,
+    # A pooled connection whose backend was just terminated can still be handed out; using
+    # it before asyncpg has processed the termination fails with "cannot switch to state
+    # ..., another operation is in progress". The pool replaces it on release.
+    asyncpg.InternalClientError,
     TimeoutError,
 )
 
