@@ -78,13 +78,13 @@ class Accumulated:
 def _environment(config: BenchConfig) -> dict[str, Any]:
     loop, http = "asyncio", "h11"
     try:
-        import uvloop  # type: ignore[import-not-found]  # noqa: F401
+        import uvloop  # noqa: F401
 
         loop = "uvloop"
     except ImportError:
         pass
     try:
-        import httptools  # type: ignore[import-not-found]  # noqa: F401
+        import httptools  # noqa: F401
 
         http = "httptools"
     except ImportError:
