@@ -51,6 +51,7 @@ from tests.conftest import FAST_SEQUENCER, MakeDatabase
 from tests.helpers import assert_problem, wait_until_sequenced
 from tests.keyed import lifespan_in_own_task
 from tests.test_e2e import service_command
+from tests.test_import import as_line, write_lines
 from tests.test_properties_db import assert_read_models_equal_the_fold
 from tests.workload import Command, Service, commands, fresh_service, new_run, run_command
 
@@ -351,6 +352,12 @@ async def shadow_checkpoint(connection: Connection) -> int:
     return int(last_seq or 0)
 
 
+def kill_if_running(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.kill()
+        process.wait(DEADLINE)
+
+
 @pytest.mark.slow
 async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole_and_reruns(
     make_database: MakeDatabase, tmp_path: Path
@@ -361,10 +368,10 @@ async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole
     afresh, drops the leftovers and swaps in tables equal to the fold."""
     async with fresh_service(make_database) as service:
         applications = 1200
-        source = tmp_path / "history.jsonl"
-        source.write_text(
-            "".join(
-                json.dumps(
+        source = write_lines(
+            tmp_path / "history.jsonl",
+            [
+                as_line(
                     {
                         "applicant_id": f"cust_kill_{number % 300}",
                         "amount": str(1000 + number),
@@ -372,10 +379,8 @@ async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole
                         "employment_years": number % 9,
                     }
                 )
-                + "\n"
                 for number in range(applications)
-            ),
-            encoding="utf-8",
+            ],
         )
         imported = await import_file(service.url, source, model=RATIO_V1)
         assert imported.events == 3 * applications
@@ -411,9 +416,7 @@ async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole
                 process.send_signal(signal.SIGKILL)
                 assert await asyncio.to_thread(process.wait, DEADLINE) == -signal.SIGKILL
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(DEADLINE)
+            kill_if_running(process)
 
         async with service.pool.acquire() as connection:
             folded = await shadow_checkpoint(connection)
@@ -435,9 +438,7 @@ async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole
         try:
             code = await asyncio.to_thread(process.wait, DEADLINE)
         finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait(DEADLINE)
+            kill_if_running(process)
         output = (tmp_path / "rerun.log").read_text()
         assert code == 0, output
         assert f"rebuilt applications: {3 * (applications + 1):,} events" in output
