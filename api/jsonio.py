@@ -1,22 +1,22 @@
 """JSON in and out without ever turning money into a float.
 
-Requests: JSON bodies are parsed with `parse_float=Decimal`, so `5000.10` arrives as
-Decimal("5000.10"), and NaN / Infinity literals are rejected as invalid JSON.
-Responses: Decimals are written as exact JSON number tokens (`1830.00`), via orjson.
+Reading: `loads_exact` parses with `parse_float=Decimal`, so `5000.10` arrives as
+Decimal("5000.10"); NaN / Infinity literals and duplicate keys are rejected.
+Writing: `dumps` writes Decimals as exact JSON number tokens (`1830.00`), via orjson.
+
+A leaf module shared by every part of `api` (service, web, CLI and the client): it imports
+nothing of the project.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
 import orjson
-from fastapi import Request, Response
-from fastapi.responses import JSONResponse as FastAPIJSONResponse
-from fastapi.routing import APIRoute
 from pydantic import BaseModel
 
 
@@ -47,34 +47,6 @@ def loads_exact(body: bytes | str) -> Any:
     )
 
 
-class ExactJSONRequest(Request):
-    async def json(self) -> Any:
-        if not hasattr(self, "_json"):
-            body = await self.body()
-            try:
-                self._json = loads_exact(body)
-            except json.JSONDecodeError:
-                raise
-            except ValueError as error:
-                # Invalid UTF-8, NaN/Infinity, duplicate keys: report them as JSON errors too.
-                raise json.JSONDecodeError(str(error), "", 0) from error
-            except RecursionError:
-                raise json.JSONDecodeError("nested too deeply", "", 0) from None
-        return self._json
-
-
-class ExactJSONRoute(APIRoute):
-    """Route class whose handlers see ExactJSONRequest."""
-
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def exact_handler(request: Request) -> Response:
-            return await handler(ExactJSONRequest(request.scope, request.receive))
-
-        return exact_handler
-
-
 def _encode_other(value: object) -> Any:
     if isinstance(value, Decimal):
         return orjson.Fragment(format(value, "f").encode())
@@ -93,16 +65,3 @@ def to_plain(content: BaseModel | Sequence[BaseModel] | Any) -> Any:
     if isinstance(content, list | tuple):
         return [to_plain(item) for item in content]
     return content
-
-
-class JSONResponse(FastAPIJSONResponse):
-    """Renders models and plain values; Decimals as exact numbers, datetimes RFC 3339.
-
-    A JSONResponse subclass (only `render` differs) so that FastAPI documents each route's
-    `response_model` in the OpenAPI document; for any other Response class it publishes
-    the success body as `{"type": "string"}`."""
-
-    media_type = "application/json"
-
-    def render(self, content: Any) -> bytes:
-        return dumps(to_plain(content))

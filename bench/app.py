@@ -1,7 +1,7 @@
-"""The benchmark's app: the product's app (api.app.create_app) plus two reference routes.
+"""The benchmark's app: the product's app (api.web.app.create_app) plus two reference routes.
 
 `python -m bench.app --port P --workers N` serves it the way `lending-ledger serve` serves
-the product (api.server.run: uvicorn, TCP_NODELAY on every connection), with the same
+the product (api.web.server.run: uvicorn, TCP_NODELAY on every connection), with the same
 middleware, error handling, authorisation and JSON rendering, so the references differ
 from the product's routes only in the work the handler does:
 
@@ -22,11 +22,11 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, FastAPI
 from pydantic import BaseModel
 
-from api.app import create_app
-from api.jsonio import ExactJSONRoute, JSONResponse
-from api.models import ApplyRequest, MoneyOut
-from api.routes import PoolDep, require_json
-from api.server import run
+from api.service.models import ApplyRequest, MoneyOut
+from api.web.app import create_app
+from api.web.dependencies import PoolDep, require_json
+from api.web.responses import ExactJSONRoute, JSONResponse
+from api.web.server import run
 from bench import sql
 
 router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONResponse)

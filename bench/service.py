@@ -28,7 +28,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-from api.embedded import start_embedded
+from api.service.embedded import start_embedded
 from bench import sql
 from bench.loadgen import http_request, read_response, serve_trivial
 from ledger.db import connect

@@ -32,7 +32,7 @@ async def apply_schema(connection: Connection) -> None:
     """Apply the whole schema. Idempotent; schema.sql takes its own lock and transaction.
 
     Then record which schema.sql it was, so a service role that cannot apply the schema can
-    tell whether the database is current (api/dbrole.py). Recorded after the commit: if
+    tell whether the database is current (api/service/dbrole.py). Recorded after the commit: if
     this process dies in between, the record is stale and the next application fixes it.
     """
     sql = schema_sql()

@@ -20,7 +20,7 @@ ORDER BY u.stream_version
 RETURNING position, stream_version
 """
 
-# Bulk import (api/bulk_import.py): the events of many new streams in one statement, in
+# Bulk import (api/service/importer.py): the events of many new streams in one statement, in
 # the order given (so positions increase along each stream). Rows map back by event_id.
 INSERT_EVENTS_OF_STREAMS = """
 INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,

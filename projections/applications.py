@@ -7,7 +7,7 @@ rows the batch touches, folds, and writes them back in two statements.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -168,11 +168,10 @@ def project(
     return new_row, entry
 
 
-def fold_applications(
-    events: Sequence[RecordedEvent],
-) -> tuple[dict[UUID, ApplicationRow], list[HistoryRow]]:
-    """Fold a whole event log from nothing: what both tables must contain."""
-    rows: dict[str, ApplicationRow] = {}
+def fold_into(rows: dict[str, ApplicationRow], events: Iterable[RecordedEvent]) -> list[HistoryRow]:
+    """Fold `events` (in stream order per stream) into `rows`, keyed by stream id, which
+    holds each application's row before them (absent: a new stream). Events of other
+    streams are skipped. Returns the history entries the events add."""
     history: list[HistoryRow] = []
     for event in events:
         if not event.stream_id.startswith(STREAM_PREFIX):
@@ -181,6 +180,15 @@ def fold_applications(
         rows[event.stream_id] = new_row
         if entry is not None:
             history.append(entry)
+    return history
+
+
+def fold_applications(
+    events: Sequence[RecordedEvent],
+) -> tuple[dict[UUID, ApplicationRow], list[HistoryRow]]:
+    """Fold a whole event log from nothing: what both tables must contain."""
+    rows: dict[str, ApplicationRow] = {}
+    history = fold_into(rows, events)
     return {row.state.application_id: row for row in rows.values()}, history
 
 
@@ -202,13 +210,7 @@ class ApplicationsProjector:
                 loaded = ApplicationRow.from_record(record)
                 rows[f"{STREAM_PREFIX}{loaded.state.application_id}"] = loaded
 
-        history: list[HistoryRow] = []
-        for event in relevant:
-            new_row, entry = project(rows.get(event.stream_id), event)
-            rows[event.stream_id] = new_row
-            if entry is not None:
-                history.append(entry)
-
+        history = fold_into(rows, relevant)
         await connection.execute(sql.UPSERT_APPLICATIONS, *_application_columns(rows.values()))
         if history:
             await connection.execute(sql.INSERT_HISTORY, *_history_columns(history))

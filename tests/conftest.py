@@ -20,8 +20,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from api.app import create_app
-from api.settings import Settings
+from api.service.settings import Settings
+from api.web.app import create_app
 from ledger.db import connect, create_pool
 from ledger.schema import apply_schema
 from ledger.sequencer import SequencerSettings

@@ -1,0 +1,1 @@
+"""The lending-ledger command line."""

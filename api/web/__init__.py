@@ -1,0 +1,1 @@
+"""The HTTP service: FastAPI app, server, auth, problem+json, routes, MCP."""

@@ -1,0 +1,136 @@
+"""The caller of each HTTP request: the key it presents, checked in one place.
+
+An app-level dependency (`authorize`) looks up the matched route's `operation_id` with
+api/service/access.py. Callers send an API key (api/service/keystore.py) as
+`Authorization: Bearer <key>` or `X-API-Key: <key>`. No key, or a malformed, unknown,
+wrong or revoked one: 401. A valid key whose role may not call the operation: 403. Both
+are raised before the handler runs, so neither writes anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated
+
+import asyncpg
+from fastapi import Depends, FastAPI, Request
+
+from api.service.access import (
+    OPEN_MODE_PRINCIPAL,
+    PUBLIC_OPERATIONS,
+    Authenticator,
+    Principal,
+    StartupRefused,
+    may_call,
+    startup_checks,
+)
+from api.service.errors import DATABASE_UNAVAILABLE, RoleNotAllowed, ServiceUnavailable
+from api.service.runtime import LedgerService
+
+logger = logging.getLogger(__name__)
+
+PRODUCTION_READY_TIMEOUT = 60.0
+"""In production, start-up waits this long for the database before it gives up."""
+
+
+# --- The dependency ---
+
+
+def presented_key(request: Request) -> str | None:
+    """`Authorization: Bearer <key>`, else `X-API-Key: <key>`; None when neither is sent.
+
+    Deliberately not declared as OpenAPI security schemes: in open mode no key is needed,
+    and a document that demanded one would be wrong there (docs/api.md describes both)."""
+    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and credentials.strip():
+        return credentials.strip()
+    return request.headers.get("x-api-key") or None
+
+
+async def authorize(request: Request) -> Principal:
+    """The caller of this request, checked against the route's allowed roles.
+
+    An app-level dependency, so it runs for every route, before the route's own
+    dependencies and before query, path and body values are validated (a JSON body that
+    does not even parse is the exception: api/web/problems.py authorises before reporting it).
+    FastAPI caches it per request, so handlers that take `PrincipalDep` get the same
+    principal without a second check."""
+    principal: Principal | None = getattr(request.state, "principal", None)
+    if principal is not None:
+        return principal
+    route = request.scope.get("route")
+    operation_id: str | None = getattr(route, "operation_id", None)
+    if operation_id in PUBLIC_OPERATIONS:
+        principal = OPEN_MODE_PRINCIPAL
+    else:
+        authenticator: Authenticator = request.app.state.authenticator
+        service: LedgerService = request.app.state.service
+        remote = request.client.host if request.client else None
+        key = presented_key(request)
+        principal = await authenticator.principal(lambda: service.pool, key, remote)
+        if principal.role is not None and not may_call(principal.role, operation_id):
+            name = operation_id or f"{request.method} {getattr(route, 'path', request.url.path)}"
+            raise RoleNotAllowed(principal.role, name)
+    request.state.principal = principal
+    return principal
+
+
+PrincipalDep = Annotated[Principal, Depends(authorize)]
+
+
+# --- Start-up ---
+
+
+async def _check_production(service: LedgerService) -> None:
+    try:
+        await service.wait_ready(PRODUCTION_READY_TIMEOUT)
+    except TimeoutError:
+        raise StartupRefused(
+            f"the database was not ready within {PRODUCTION_READY_TIMEOUT:.0f} s "
+            f"({service.status_detail})"
+        ) from None
+    async with service.pool.acquire() as connection:
+        await startup_checks(connection, service.settings)
+
+
+async def _warn_when_ready(service: LedgerService) -> None:
+    while not service.ready:
+        with contextlib.suppress(TimeoutError):
+            await service.wait_ready(60)
+    try:
+        async with service.pool.acquire() as connection:
+            await startup_checks(connection, service.settings)
+    except (ServiceUnavailable, asyncpg.PostgresError, *DATABASE_UNAVAILABLE) as error:
+        logger.warning("could not check API keys and the database role at start-up: %r", error)
+
+
+@asynccontextmanager
+async def security(app: FastAPI, service: LedgerService) -> AsyncIterator[None]:
+    """Part of the app's lifespan: the authenticator, and the start-up checks.
+
+    In production start-up waits for the database and fails (StartupRefused) unless the
+    checks pass; elsewhere it does not wait, and the checks log their warnings once the
+    database is ready."""
+    authenticator = Authenticator(open_mode_allowed=service.settings.app_env != "production")
+    app.state.authenticator = authenticator
+    checks: asyncio.Task[None] | None = None
+    if service.settings.app_env == "production":
+        try:
+            await _check_production(service)
+        except StartupRefused as refused:
+            logger.critical("refusing to start: %s", refused)
+            raise
+    else:
+        checks = asyncio.create_task(_warn_when_ready(service), name="ledger-security-checks")
+    try:
+        yield
+    finally:
+        if checks is not None:
+            checks.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await checks
+        authenticator.close()

@@ -1,0 +1,206 @@
+"""Applications: apply, read one (now or as it stood, by time or position), its events, and
+an applicant's history. Handlers stay thin: parse, call a command or a query, render."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+import asyncpg
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pydantic import AfterValidator, AwareDatetime, BeforeValidator
+
+from api.service.commands import submit_application
+from api.service.models import Application, ApplyRequest, Event
+from api.web.auth import PrincipalDep
+from api.web.commands import command_context, command_response, render_application
+from api.web.dependencies import (
+    IdempotencyKey,
+    PoolDep,
+    ServiceDep,
+    parse_application_id,
+    problem_responses,
+    require_json,
+)
+from api.web.responses import ExactJSONRoute, JSONResponse
+from ledger.application import APPLICANT_ID_PATTERN, stream_id_for
+from ledger.errors import NotFound
+from ledger.store import read_stream
+from projections.queries import applicant_history, get_application
+from projections.time_travel import applicant_history_at, application_at
+
+router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONResponse)
+
+
+# --- Time travel: `?as_of=<RFC 3339 time>` and `?at_position=<n>` ---
+
+# RFC 3339 date-time: a full date, a time with seconds, and an offset (Z or +hh:mm).
+_RFC3339 = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})")
+
+
+def _rfc3339(value: Any) -> Any:
+    if isinstance(value, str) and not _RFC3339.fullmatch(value):
+        raise ValueError(
+            "must be an RFC 3339 time with a time zone, like 2026-11-25T09:06:17Z or "
+            "2026-11-25T10:06:17.5+01:00"
+        )
+    return value
+
+
+def _in_utc(value: datetime | None) -> datetime | None:
+    """The same instant in UTC; an instant outside years 1 to 9999 in UTC is refused."""
+    if value is None:
+        return None
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of range (years 1 to 9999 in UTC)") from None
+
+
+AsOf = Annotated[
+    AwareDatetime | None,
+    BeforeValidator(_rfc3339),
+    AfterValidator(_in_utc),
+    Query(
+        description="Answer as the ledger stood at this time (RFC 3339 with a time zone): "
+        "folded from the events recorded up to then.",
+    ),
+]
+
+AtPosition = Annotated[
+    int | None,
+    Query(
+        ge=1,
+        le=2**63 - 1,
+        description="Answer as the ledger stood right after this global event position: "
+        "folded from the events up to it.",
+    ),
+]
+
+
+def _one_point_in_time(as_of: datetime | None, at_position: int | None) -> None:
+    if as_of is not None and at_position is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("query", "at_position"),
+                    "msg": "give as_of or at_position, not both",
+                    "input": at_position,
+                }
+            ]
+        )
+
+
+async def application_then(
+    pool: asyncpg.Pool,
+    application_id: UUID,
+    as_of: datetime | None,
+    at_position: int | None,
+) -> JSONResponse:
+    _one_point_in_time(as_of, at_position)
+    async with pool.acquire() as connection:
+        row = await application_at(connection, application_id, at_position=at_position, as_of=as_of)
+    if row is None:
+        when = f"at position {at_position}" if at_position is not None else f"at {as_of}"
+        raise NotFound(f"application {str(application_id)!r} did not exist {when}")
+    return JSONResponse(Application.from_row(row))
+
+
+async def history_then(
+    pool: asyncpg.Pool, applicant_id: str, as_of: datetime, limit: int
+) -> JSONResponse:
+    async with pool.acquire() as connection:
+        rows = await applicant_history_at(connection, applicant_id, as_of, limit)
+    return JSONResponse([Application.from_row(row) for row in rows])
+
+
+# --- Commands ---
+
+
+@router.post(
+    "/lending/apply",
+    operation_id="submit_application",
+    summary="Submit, score and decide a loan application",
+    response_model=Application,
+    responses=problem_responses(409, 415, 422),
+    dependencies=[Depends(require_json)],
+)
+async def apply(
+    body: ApplyRequest,
+    request: Request,
+    service: ServiceDep,
+    pool: PoolDep,
+    principal: PrincipalDep,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Appends `ApplicationSubmitted`, `ApplicationScored` and `ApplicationDecided` to a new
+    stream in one transaction, and updates the read models in the same transaction."""
+    context = command_context(request, principal, idempotency_key, body.model_dump(mode="json"))
+    result = await submit_application(
+        pool, body, context, service.scoring_model, datetime.now(UTC), render_application
+    )
+    return command_response(result)
+
+
+# --- Queries ---
+
+
+@router.get(
+    "/lending/applicants/{applicant_id}/history",
+    operation_id="get_applicant_history",
+    summary="An applicant's applications, newest first",
+    response_model=list[Application],
+    responses=problem_responses(422),
+)
+async def history(
+    applicant_id: Annotated[str, Path(pattern=f"^{APPLICANT_ID_PATTERN.pattern}$")],
+    pool: PoolDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    as_of: AsOf = None,
+) -> JSONResponse:
+    if as_of is not None:
+        return await history_then(pool, applicant_id, as_of, limit)
+    async with pool.acquire() as connection:
+        rows = await applicant_history(connection, applicant_id, limit)
+    return JSONResponse([Application.from_row(row) for row in rows])
+
+
+@router.get(
+    "/lending/applications/{application_id}",
+    operation_id="get_application",
+    summary="An application's current state",
+    response_model=Application,
+    responses=problem_responses(404),
+)
+async def application(
+    application_id: str, pool: PoolDep, as_of: AsOf = None, at_position: AtPosition = None
+) -> JSONResponse:
+    parsed = parse_application_id(application_id)
+    if as_of is not None or at_position is not None:
+        return await application_then(pool, parsed, as_of, at_position)
+    async with pool.acquire() as connection:
+        row = await get_application(connection, parsed)
+    if row is None:
+        raise NotFound(f"no application {application_id!r}")
+    # The ETag is the stream version: send it back as If-Match when acting on what you saw.
+    return JSONResponse(Application.from_row(row), headers={"ETag": f'"{row.state.version}"'})
+
+
+@router.get(
+    "/lending/applications/{application_id}/events",
+    operation_id="get_application_events",
+    summary="The application's events, in stream order",
+    response_model=list[Event],
+    responses=problem_responses(404),
+)
+async def application_events(application_id: str, pool: PoolDep) -> JSONResponse:
+    parsed = parse_application_id(application_id)
+    async with pool.acquire() as connection:
+        events = await read_stream(connection, stream_id_for(parsed))
+    if not events:
+        raise NotFound(f"no application {application_id!r}")
+    return JSONResponse([Event.from_recorded(event) for event in events])

@@ -1,0 +1,238 @@
+"""The sequencer: a contiguous `seq` over committed events that never skips a late commit.
+
+Each test gets its own database and drives the sequencer directly, so what one step adds
+is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import asyncpg
+import pytest
+
+from ledger.chain import verify_stream
+from ledger.db import Connection, connect, create_pool
+from ledger.sequencer import Sequencer, SequencerSettings, sequence_all
+from ledger.store import append, read_stream
+from tests.conftest import MakeDatabase
+from tests.integration.test_store import application_events
+from tests.support.helpers import wait_until_sequenced, whole_feed
+
+
+@pytest.fixture
+async def own_url(make_database: MakeDatabase) -> str:
+    return await make_database()
+
+
+@pytest.fixture
+async def own_pool(own_url: str) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(own_url, min_size=1, max_size=40)
+    yield pool
+    await pool.close()
+
+
+async def append_in(connection: Connection) -> list[int]:
+    """Append one application's three events in the caller's open transaction."""
+    stream_id, new_events = application_events()
+    recorded = await append(connection, stream_id, 0, new_events, datetime.now(UTC))
+    return [e.position for e in recorded]
+
+
+async def seq_by_position(connection: Connection) -> dict[int, int]:
+    rows = await connection.fetch("SELECT position, seq FROM ledger_log")
+    return {row["position"]: row["seq"] for row in rows}
+
+
+async def test_a_late_commit_is_waited_for_never_passed_over(own_pool: asyncpg.Pool) -> None:
+    async with (
+        own_pool.acquire() as early,
+        own_pool.acquire() as late,
+        own_pool.acquire() as sequencer,
+    ):
+        # `early` takes its positions first and holds its transaction open ...
+        early_tx = early.transaction()
+        await early_tx.start()
+        early_positions = await append_in(early)
+        # ... while `late` appends after it and commits first.
+        async with late.transaction():
+            late_positions = await append_in(late)
+        assert min(late_positions) > max(early_positions)
+
+        # A reader that follows positions now sees the late writer's events and would
+        # remember "after max(late_positions)": the early events would never be read.
+        visible = await sequencer.fetch("SELECT position FROM events ORDER BY position")
+        assert [r["position"] for r in visible] == late_positions
+
+        # The sequencer does not pass over the open transaction: it waits.
+        assert await sequence_all(sequencer) == 0
+        assert await seq_by_position(sequencer) == {}
+
+        await early_tx.commit()
+        assert await sequence_all(sequencer) == 6
+        seqs = await seq_by_position(sequencer)
+        assert [seqs[p] for p in early_positions + late_positions] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_an_older_transaction_with_a_higher_position_is_sequenced_first(
+    own_pool: asyncpg.Pool,
+) -> None:
+    async with (
+        own_pool.acquire() as older,
+        own_pool.acquire() as younger,
+        own_pool.acquire() as sequencer,
+    ):
+        older_tx = older.transaction()
+        await older_tx.start()
+        await older.fetchval("SELECT pg_current_xact_id()")  # takes its transaction id now
+        async with younger.transaction():
+            younger_positions = await append_in(younger)
+        older_positions = await append_in(older)  # a higher position, an older transaction
+        assert min(older_positions) > max(younger_positions)
+
+        assert await sequence_all(sequencer) == 0  # the younger one waits behind the older
+        await older_tx.commit()
+        assert await sequence_all(sequencer) == 6
+        seqs = await seq_by_position(sequencer)
+        # (transaction id, position) order: the older transaction's events come first.
+        assert [seqs[p] for p in older_positions + younger_positions] == [1, 2, 3, 4, 5, 6]
+
+
+async def test_rolled_back_positions_leave_no_hole_in_seq(own_pool: asyncpg.Pool) -> None:
+    async with own_pool.acquire() as connection:
+        async with connection.transaction():
+            kept_first = await append_in(connection)
+        with contextlib.suppress(RuntimeError):
+            async with connection.transaction():
+                await append_in(connection)
+                raise RuntimeError("roll back")
+        async with connection.transaction():
+            kept_last = await append_in(connection)
+        assert min(kept_last) - max(kept_first) > 1  # a hole in positions
+        assert await sequence_all(connection, batch_size=2) == 6  # several batches
+        feed = await whole_feed(connection)
+    assert [e.seq for e in feed] == [1, 2, 3, 4, 5, 6]
+    assert [e.position for e in feed] == kept_first + kept_last
+
+
+async def test_many_writers_and_a_tailing_reader_see_every_event_exactly_once(
+    own_pool: asyncpg.Pool, own_url: str
+) -> None:
+    sequencer = Sequencer(
+        own_url, SequencerSettings(batch_size=50, poll_interval=0.02, retry_interval=0.05)
+    )
+    running = asyncio.create_task(sequencer.run())
+    writers, rounds = 12, 15
+    committed: list[int] = []
+
+    async def writer() -> None:
+        for round_number in range(rounds):
+            async with own_pool.acquire() as connection:
+                transaction = connection.transaction()
+                await transaction.start()
+                positions = await append_in(connection)
+                await asyncio.sleep(0.001 * (round_number % 3))  # commit out of order
+                if round_number % 5 == 4:
+                    await transaction.rollback()  # leaves a hole in positions
+                else:
+                    await transaction.commit()
+                    committed.extend(positions)
+
+    seen: list[tuple[int, int]] = []
+
+    async def reader(stop: asyncio.Event) -> None:
+        async with own_pool.acquire() as connection:
+            while True:
+                after = seen[-1][0] if seen else 0
+                rows = await connection.fetch(
+                    "SELECT seq, position FROM ledger_log WHERE seq > $1 ORDER BY seq LIMIT 100",
+                    after,
+                )
+                seen.extend((row["seq"], row["position"]) for row in rows)
+                if not rows:
+                    if stop.is_set() and len(seen) >= len(committed):
+                        return
+                    await asyncio.sleep(0.01)
+
+    stop = asyncio.Event()
+    reading = asyncio.create_task(reader(stop))
+    try:
+        await asyncio.gather(*(writer() for _ in range(writers)))
+        stop.set()
+        await asyncio.wait_for(reading, timeout=30)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+    assert [s for s, _ in seen] == list(range(1, len(seen) + 1))  # contiguous, once each
+    assert sorted(p for _, p in seen) == sorted(committed)  # every committed event, no other
+    assert len(committed) == writers * rounds * 3 * 4 // 5
+
+
+async def test_leadership_passes_on_when_the_leader_dies(
+    own_pool: asyncpg.Pool, own_url: str
+) -> None:
+    settings = SequencerSettings(batch_size=100, poll_interval=0.02, retry_interval=0.05)
+    first, second = Sequencer(own_url, settings), Sequencer(own_url, settings)
+    tasks = [asyncio.create_task(first.run()), asyncio.create_task(second.run())]
+    try:
+        await _until(lambda: first.is_leader or second.is_leader)
+        await asyncio.sleep(0.2)
+        assert first.is_leader != second.is_leader  # exactly one leads
+        leader, follower = (first, second) if first.is_leader else (second, first)
+
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        await wait_until_sequenced(own_pool, timeout=10)
+
+        # Kill the leader's session as a crash would: PostgreSQL drops its advisory lock.
+        assert leader.connection is not None
+        pid = leader.connection.get_server_pid()
+        async with own_pool.acquire() as connection:
+            assert await connection.fetchval("SELECT pg_terminate_backend($1)", pid)
+        await _until(lambda: follower.is_leader)
+
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        await wait_until_sequenced(own_pool, timeout=10)
+        async with own_pool.acquire() as connection:
+            feed = await whole_feed(connection)
+            assert [e.seq for e in feed] == [1, 2, 3, 4, 5, 6]
+            total = await connection.fetchval("SELECT count(*) FROM events")
+            assert total == 6
+            for stream_id in {e.stream_id for e in feed}:
+                assert verify_stream(await read_stream(connection, stream_id)) is None
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_two_sequencers_at_once_cannot_corrupt_the_log(
+    own_pool: asyncpg.Pool, own_url: str
+) -> None:
+    """Belt and braces: even without the leadership lock, batches serialise on the cursor."""
+    async with own_pool.acquire() as connection, connection.transaction():
+        for _ in range(20):
+            await append_in(connection)
+    first, second = await connect(own_url), await connect(own_url)
+    try:
+        added = await asyncio.gather(sequence_all(first, 7), sequence_all(second, 7))
+    finally:
+        await first.close()
+        await second.close()
+    assert sum(added) == 60
+    async with own_pool.acquire() as connection:
+        assert [e.seq for e in await whole_feed(connection)] == list(range(1, 61))
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)

@@ -1,0 +1,1 @@
+"""Tests without a database: pure domain, scoring, Merkle trees, properties, bench arithmetic."""
