@@ -1,5 +1,5 @@
 """The pure part of the benchmark: percentiles, figures, ratios, targets, the memory trend
-and the shape of the result file. No I/O, no clock reads: tests/test_bench_units.py."""
+and the shape of the result file. No I/O, no clock reads: tests/unit/test_bench_units.py."""
 
 from __future__ import annotations
 

@@ -4,7 +4,7 @@ from a request and asks this module.
 
 Every operation is authorised against `ALLOWED_ROLES` by its `operation_id`. An operation
 missing from the table is open to `admin` only (deny by default), `admin` may call
-everything, and tests hold the table to the routes (tests/test_auth_matrix.py).
+everything, and tests hold the table to the routes (tests/integration/test_auth_matrix.py).
 
 Open mode: while no API key has ever been created, and only outside production, every
 caller is the open-mode principal (every right) and start-up says so with a WARNING. The

@@ -1,7 +1,7 @@
 """Bad input beyond what the schema describes: each a clear 4xx problem+json, nothing
 stored, and the service healthy afterwards.
 
-tests/test_api_validation.py already covers, for `POST /lending/apply`: malformed JSON,
+tests/integration/test_api_validation.py already covers, for `POST /lending/apply`: malformed JSON,
 other media types, bodies over the limit, deep nesting, invalid UTF-8, NaN/Infinity
 literals, -0, 1e400 and huge exponents on `amount`, a NUL in `applicant_id`, long strings,
 bad Idempotency-Keys and the query parameters. Here is what it does not: other encodings

@@ -157,7 +157,7 @@ async def test_the_record_of_a_declined_application_verifies(
     assert html.status_code == 200
     assert html.headers["content-type"].startswith("text/html")
     assert "<script>" not in html.text
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &quot;quoted&quot;" in html.text
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &#34;quoted&#34;" in html.text
 
 
 async def test_events_after_the_latest_seal_are_not_yet_sealed(
