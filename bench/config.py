@@ -13,12 +13,18 @@ PHASES = (
     "naive",
     "apply",
     "history",
+    "bare_noop",
+    "reference_apply",
+    "reference_history",
     "db_ceiling",
     "soak",
     "replay",
     "import",
 )
-"""`replay` is verify and rebuild (they share one imported ledger)."""
+"""`replay` is verify and rebuild (they share one imported ledger). `bare_noop`,
+`reference_apply` and `reference_history` are the tutorial references (issue 12), each
+measured right after the product's phase it divides; `apply` also measures the sequencer's
+lag."""
 
 
 @dataclass(frozen=True)

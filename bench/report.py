@@ -32,6 +32,19 @@ def _cpu(figure: Mapping[str, Any]) -> str:
     return ", ".join(parts) or "-"
 
 
+def _aim(target: Mapping[str, Any]) -> str:
+    """The issue's aim beside its threshold, and whether the figure reaches it."""
+    aim = target.get("aim")
+    if aim is None:
+        return ""
+    measured = target["measured"]
+    text = f"{target['comparison']} {_number(aim, 2)} {target['unit']}"
+    if measured is None:
+        return text
+    reached = measured >= aim if target["comparison"] == ">=" else measured <= aim
+    return f"{text} ({'reached' if reached else 'not yet'})"
+
+
 def format_report(document: Mapping[str, Any]) -> str:
     ratios = document["ratios"]
     http = document["http"]
@@ -42,9 +55,26 @@ def format_report(document: Mapping[str, Any]) -> str:
         f"vs db ceiling {_number(ratios['apply_vs_db_ceiling'], 2)}",
         "history": f"vs noop {_number(ratios['history_vs_noop'], 2)}",
         "db_ceiling": "database ceiling (no HTTP)",
+        "bare_noop": f"bare FastAPI; noop / this {_number(ratios.get('noop_vs_bare_noop'), 2)}",
+        "reference_apply": f"tutorial; apply / this {_number(ratios.get('apply_vs_reference'), 2)}"
+        f", p99 {_number(ratios.get('apply_p99_vs_reference'), 2)}",
+        "reference_history": "tutorial; history / this "
+        f"{_number(ratios.get('history_vs_reference'), 2)}, "
+        f"p99 {_number(ratios.get('history_p99_vs_reference'), 2)}",
     }
+    order = (
+        "noop",
+        "bare_noop",
+        "naive",
+        "apply",
+        "reference_apply",
+        "history",
+        "reference_history",
+    )
+    figures = [(name, http.get(name)) for name in order]
+    figures += [(name, f) for name, f in http.items() if name not in order]
     load_rows = []
-    for name, figure in (*http.items(), ("db_ceiling", document["db_ceiling"])):
+    for name, figure in (*figures, ("db_ceiling", document["db_ceiling"])):
         if figure is None:
             continue
         load_rows.append(
@@ -55,7 +85,7 @@ def format_report(document: Mapping[str, Any]) -> str:
                 _number(figure["p99_ms"], 2),
                 _number(figure["requests"]),
                 _number(figure["errors"]),
-                ratio_text[name],
+                ratio_text.get(name, ""),
                 _cpu(figure),
             ]
         )
@@ -93,6 +123,15 @@ def format_report(document: Mapping[str, Any]) -> str:
             f"{memory['allowed_growth_bytes'] / mib:.2f}): "
             f"{'flat' if memory['flat'] else 'GROWING'}",
         ]
+    lag = document.get("sequencer_lag")
+    if lag:
+        sections += [
+            "",
+            f"sequencer lag under the apply load (commit to ledger_log, {lag['events']:,} "
+            f"events, upper bounds within ~{lag['poll_interval_ms']:.0f} ms): p50 "
+            f"{_number(lag['p50_ms'], 2)} ms, p99 {_number(lag['p99_ms'], 2)} ms, max "
+            f"{_number(lag['max_ms'], 2)} ms",
+        ]
     generator = document.get("generator") or {}
     calibration = generator.get("calibration")
     if calibration:
@@ -108,10 +147,11 @@ def format_report(document: Mapping[str, Any]) -> str:
             f"{_number(t['measured'], 2)} {t['unit']}",
             f"{t['comparison']} {_number(t['threshold'], 2)} {t['unit']}",
             {True: "pass", False: "MISS", None: "not measured"}[t["passed"]],
+            _aim(t),
         ]
         for t in document["targets"]
     ]
-    sections += ["", _table(["target", "measured", "target", "result"], target_rows)]
+    sections += ["", _table(["target", "measured", "target", "result", "aim"], target_rows)]
     if document.get("notes"):
         sections += ["", "notes:", *(f"- {note}" for note in document["notes"])]
     return "\n".join(sections) + "\n"

@@ -5,6 +5,7 @@ mid-run moves both alike)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import platform
@@ -20,18 +21,29 @@ from typing import Any
 from bench import offline, sql
 from bench.config import BenchConfig
 from bench.dbceiling import run_db_ceiling
+from bench.lag import DEFAULT_INTERVAL, SequencerLagProbe
 from bench.loadgen import LoadOutcome, RequestPlan, http_request, run_load
 from bench.procfs import CpuMeter, process_tree, rss_bytes
 from bench.service import (
     LOOPBACK,
     RunningService,
     database_server,
+    reference_database,
+    reference_process,
     scratch_database,
     service_process,
     trivial_responder,
     wait_until_sequenced,
 )
-from bench.stats import Figures, LoadFigure, MemoryTrend, load_figure, memory_trend, result_document
+from bench.stats import (
+    Figures,
+    LoadFigure,
+    MemoryTrend,
+    lag_figure,
+    load_figure,
+    memory_trend,
+    result_document,
+)
 from bench.workload import HISTORY_PREFIX, apply_bodies, history_paths
 from ledger.db import connect
 
@@ -39,6 +51,20 @@ logger = logging.getLogger("bench")
 
 DISTINCT_BODIES = 2_000
 SEQUENCER_TIMEOUT = 600.0
+
+# Each round runs these in this order: every product phase is followed by the tutorial
+# reference it is divided by, so drift over a run hits both alike.
+ROUND_ORDER = (
+    "noop",
+    "bare_noop",
+    "naive",
+    "apply",
+    "reference_apply",
+    "history",
+    "reference_history",
+)
+SAME_REQUESTS_AS = {"bare_noop": "noop", "reference_apply": "apply", "reference_history": "history"}
+"""A reference gets exactly the requests (bytes) of the product phase it is compared with."""
 
 
 @dataclass
@@ -109,6 +135,7 @@ class Run:
         self.generator: dict[str, Any] = {}
         self.rates: dict[str, Any] = {}
         self.memory: MemoryTrend | None = None
+        self.sequencer_lags: list[float] = []
         self.bodies = apply_bodies(DISTINCT_BODIES, config.seed)
 
     # --- load phases ---
@@ -119,6 +146,7 @@ class Run:
         plans: list[tuple[RequestPlan, int]],
         meter: CpuMeter | None,
         duration: float,
+        lag_probe: SequencerLagProbe | None = None,
     ) -> tuple[LoadOutcome, dict[str, float | None]]:
         config = self.config
         start_at = time.time() + 1.0 + 0.5 * config.client_processes
@@ -137,9 +165,13 @@ class Run:
         cpu: dict[str, float | None] = {}
         if meter is not None:
             await asyncio.sleep(max(0.0, start_at + config.warmup - time.time()))
+            if lag_probe is not None:
+                await lag_probe.start()
             meter.start()
             await asyncio.sleep(duration)
             cpu = meter.stop(duration)
+            if lag_probe is not None:
+                self.sequencer_lags.extend(await lag_probe.stop())
         return await loading, cpu
 
     def _accumulate(
@@ -153,14 +185,15 @@ class Run:
 
     def _plans(self, name: str, history_count: int) -> list[tuple[RequestPlan, int]]:
         clients = self.config.clients
-        if name == "noop":
-            return [(RequestPlan("noop", (http_request("GET", "/bench/noop"),)), clients)]
-        if name in ("naive", "apply"):
-            path = "/bench/naive" if name == "naive" else "/lending/apply"
+        kind = SAME_REQUESTS_AS.get(name, name)
+        if kind == "noop":
+            return [(RequestPlan(name, (http_request("GET", "/bench/noop"),)), clients)]
+        if kind in ("naive", "apply"):
+            path = "/bench/naive" if kind == "naive" else "/lending/apply"
             requests = tuple(http_request("POST", path, body) for body in self.bodies)
             return [(RequestPlan(name, requests), clients)]
         paths = history_paths(history_count, self.config.seed)
-        return [(RequestPlan("history", tuple(http_request("GET", p) for p in paths)), clients)]
+        return [(RequestPlan(name, tuple(http_request("GET", p) for p in paths)), clients)]
 
     async def calibrate_generator(self) -> None:
         """The generator alone against a responder that does nothing: what it can drive."""
@@ -196,29 +229,43 @@ class Run:
                     "applications": seeded.applications,
                     "seconds": seeded.seconds,
                 }
-            async with service_process(
-                url,
-                workers=config.workers,
-                pool_size=config.pool_size,
-                access_log=config.access_log,
-                log_dir=work,
-            ) as service:
+            async with contextlib.AsyncExitStack() as stack:
+                service = await stack.enter_async_context(
+                    service_process(
+                        url,
+                        workers=config.workers,
+                        pool_size=config.pool_size,
+                        access_log=config.access_log,
+                        log_dir=work,
+                    )
+                )
+                references = await self._start_references(stack, admin_url, history_count, work)
                 await self._settle(url)
+                meters = {
+                    name: CpuMeter({"service": server.pid, "postgres": pg_pid})
+                    for name, server in references.items()
+                }
                 meter = CpuMeter({"service": service.pid, "postgres": pg_pid})
                 for round_number in range(config.rounds):
                     logger.info("round %d of %d", round_number + 1, config.rounds)
-                    for name in ("noop", "naive", "apply", "history"):
-                        if config.runs(name):
-                            logger.info("  %s", name)
-                            outcome, cpu = await self._load(
-                                service.port,
-                                self._plans(name, history_count),
-                                meter,
-                                config.duration,
-                            )
-                            self._accumulate(name, outcome, cpu, config.clients)
-                            if name in ("naive", "apply"):
-                                await self._settle(url)
+                    for name in ROUND_ORDER:
+                        if not config.runs(name):
+                            continue
+                        logger.info("  %s", name)
+                        target = references.get(name, service)
+                        probe = (
+                            SequencerLagProbe(url, DEFAULT_INTERVAL) if name == "apply" else None
+                        )
+                        outcome, cpu = await self._load(
+                            target.port,
+                            self._plans(name, history_count),
+                            meters.get(name, meter),
+                            config.duration,
+                            probe,
+                        )
+                        self._accumulate(name, outcome, cpu, config.clients)
+                        if name in ("naive", "apply"):
+                            await self._settle(url)
                     if config.runs("db_ceiling"):
                         logger.info("  db_ceiling")
                         await self._db_ceiling(url, meter)
@@ -226,6 +273,41 @@ class Run:
                 if config.runs("soak"):
                     await self._soak(service, history_count)
                 self._service_log_note(service)
+                for name, server in references.items():
+                    self._service_log_note(server, name)
+
+    async def _start_references(
+        self, stack: contextlib.AsyncExitStack, admin_url: str, history_count: int, work: Path
+    ) -> dict[str, RunningService]:
+        """The tutorial references the run needs (bench/reference_app.py), by the phase
+        that loads them. The lending reference gets a database of its own on the same
+        server, seeded with the same history applicants as the product."""
+        config = self.config
+        started: dict[str, RunningService] = {}
+        options: dict[str, Any] = {
+            "workers": config.workers,
+            "pool_size": config.pool_size,
+            "access_log": config.access_log,
+            "log_dir": work,
+        }
+        if config.runs("bare_noop"):
+            started["bare_noop"] = await stack.enter_async_context(
+                reference_process("bare", None, **options)
+            )
+        if config.runs("reference_apply") or config.runs("reference_history"):
+            url = await stack.enter_async_context(
+                reference_database(
+                    admin_url,
+                    history_prefix=HISTORY_PREFIX,
+                    applicants=history_count if config.runs("reference_history") else 0,
+                    applications_each=config.applications_per_history_applicant,
+                )
+            )
+            reference = await stack.enter_async_context(
+                reference_process("reference", url, **options)
+            )
+            started["reference_apply"] = started["reference_history"] = reference
+        return started
 
     async def _settle(self, url: str) -> None:
         """Let the sequencer number what the last phase wrote, so it works off the clock."""
@@ -301,12 +383,12 @@ class Run:
         if errors:
             self.notes.append(f"soak: {errors} failed requests")
 
-    def _service_log_note(self, service: RunningService) -> None:
+    def _service_log_note(self, service: RunningService, which: str = "the service") -> None:
         text = service.log_path.read_text(errors="replace")
         problems = [line for line in text.splitlines() if "ERROR" in line or "Traceback" in line]
         if problems:
             self.notes.append(
-                f"the service logged {len(problems)} error line(s), first: {problems[0][:200]}"
+                f"{which} logged {len(problems)} error line(s), first: {problems[0][:200]}"
             )
 
     # --- offline phases ---
@@ -375,9 +457,7 @@ class Run:
             if config.runs("generator"):
                 logger.info("load generator check")
                 await self.calibrate_generator()
-            if any(
-                config.runs(p) for p in ("noop", "naive", "apply", "history", "db_ceiling", "soak")
-            ):
+            if any(config.runs(p) for p in (*ROUND_ORDER, "db_ceiling", "soak")):
                 await self.service_phases(server.admin_url, server.postmaster_pid, work)
             if config.runs("replay"):
                 await self.replay_phases(server.admin_url, work)
@@ -394,6 +474,12 @@ class Run:
             verify=self.rates.get("verify"),
             bulk_import=self.rates.get("bulk_import"),
             memory=self.memory,
+            bare_noop=self._figure("bare_noop"),
+            reference_apply=self._figure("reference_apply"),
+            reference_history=self._figure("reference_history"),
+            sequencer_lag=lag_figure(self.sequencer_lags, DEFAULT_INTERVAL)
+            if config.runs("apply")
+            else None,
         )
         return result_document(
             started_at=started_at,
@@ -414,7 +500,7 @@ class Run:
         """Say where the generator came close to its own limit (docs/benchmarks.md)."""
         calibration = self.generator.get("calibration")
         processes = self.config.client_processes
-        for name in ("noop", "naive", "apply", "history"):
+        for name in ROUND_ORDER:
             figure = self._figure(name)
             if figure is None:
                 continue

@@ -154,11 +154,11 @@ class RunningService:
     log_path: Path
 
 
-async def _ready_streak(port: int, needed: int, timeout: float) -> None:
-    """`needed` consecutive 200s from /readyz (every worker has had time to connect)."""
+async def _ready_streak(port: int, needed: int, timeout: float, path: str = "/readyz") -> None:
+    """`needed` consecutive 200s from `path` (every worker has had time to connect)."""
     deadline = time.monotonic() + timeout
     streak = 0
-    request = http_request("GET", "/readyz")
+    request = http_request("GET", path)
     while streak < needed:
         if time.monotonic() > deadline:
             raise TimeoutError(f"the service was not ready within {timeout:.0f} s")
@@ -176,6 +176,43 @@ async def _ready_streak(port: int, needed: int, timeout: float) -> None:
             await asyncio.sleep(0.05 if streak else 0.2)
 
 
+def _service_env(extra: dict[str, str]) -> dict[str, str]:
+    return {
+        **os.environ,
+        **extra,
+        # The bench package is not installed: the service and its workers import it from here.
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
+    }
+
+
+@asynccontextmanager
+async def _served(
+    module: str,
+    arguments: list[str],
+    env: dict[str, str],
+    *,
+    workers: int,
+    access_log: bool,
+    log_dir: Path,
+    ready_path: str,
+    ready_timeout: float,
+) -> AsyncIterator[RunningService]:
+    """`python -m module --port P --workers N ...` as a process group of its own, so that
+    every worker is stopped with it; ready after 10 x N consecutive 200s from ready_path."""
+    port = free_port()
+    command = [sys.executable, "-m", module, *arguments]
+    command += ["--port", str(port), "--workers", str(workers)]
+    if access_log:
+        command.append("--access-log")
+    log_path = log_dir / f"{module.rpartition('.')[2]}-{port}.log"
+    process = _start_process_group(command, env, log_path)
+    try:
+        await _ready_streak(port, needed=10 * workers, timeout=ready_timeout, path=ready_path)
+        yield RunningService(process.pid, port, log_path)
+    finally:
+        await asyncio.to_thread(_stop_process_group, process, 15.0)
+
+
 @asynccontextmanager
 async def service_process(
     database_url: str,
@@ -188,33 +225,85 @@ async def service_process(
 ) -> AsyncIterator[RunningService]:
     """The bench app (the product's app plus the reference routes), served as the product
     is, as a process group of its own so that every worker is stopped with it."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "APP_ENV": "development",
-        "LEDGER_DB_POOL_SIZE": str(pool_size),
-        # The bench package is not installed: the service and its workers import it from here.
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")])),
-    }
-    command = [
-        sys.executable,
-        "-m",
+    env = _service_env(
+        {
+            "DATABASE_URL": database_url,
+            "APP_ENV": "development",
+            "LEDGER_DB_POOL_SIZE": str(pool_size),
+        }
+    )
+    async with _served(
         "bench.app",
-        "--port",
-        str(port),
-        "--workers",
-        str(workers),
-    ]
-    if access_log:
-        command.append("--access-log")
-    log_path = log_dir / f"service-{port}.log"
-    process = _start_process_group(command, env, log_path)
+        [],
+        env,
+        workers=workers,
+        access_log=access_log,
+        log_dir=log_dir,
+        ready_path="/readyz",
+        ready_timeout=ready_timeout,
+    ) as service:
+        yield service
+
+
+@asynccontextmanager
+async def reference_process(
+    app: str,
+    database_url: str | None,
+    *,
+    workers: int,
+    pool_size: int,
+    access_log: bool,
+    log_dir: Path,
+    ready_timeout: float = 90.0,
+) -> AsyncIterator[RunningService]:
+    """A tutorial reference (bench/reference_app.py: `reference` or `bare`), served the way
+    the product is served (same workers, same uvicorn settings, same listener)."""
+    extra = {"REFERENCE_POOL_SIZE": str(pool_size)}
+    if database_url is not None:
+        extra["DATABASE_URL"] = database_url
+    ready_path = "/bench/noop" if app == "bare" else "/lending/applicants/bench-ready-probe/history"
+    async with _served(
+        "bench.reference_app",
+        ["--app", app],
+        _service_env(extra),
+        workers=workers,
+        access_log=access_log,
+        log_dir=log_dir,
+        ready_path=ready_path,
+        ready_timeout=ready_timeout,
+    ) as service:
+        yield service
+
+
+@asynccontextmanager
+async def reference_database(
+    admin_url: str, *, history_prefix: str, applicants: int, applications_each: int
+) -> AsyncIterator[str]:
+    """A new database holding only the tutorial reference's table, seeded with the same
+    history applicants as the product's (ids, counts); dropped on exit."""
+    name = f"bench_reference_{secrets.token_hex(4)}"
+    if not _DATABASE_NAME.fullmatch(name):
+        raise ValueError(f"not a usable database name: {name!r}")
+    admin = await asyncpg.connect(admin_url)
     try:
-        await _ready_streak(port, needed=10 * workers, timeout=ready_timeout)
-        yield RunningService(process.pid, port, log_path)
+        await admin.execute(sql.CREATE_DATABASE.format(name=name))
+        url = with_database(admin_url, name)
+        try:
+            connection = await asyncpg.connect(url)
+            try:
+                await connection.execute(sql.CREATE_REFERENCE_TABLE)
+                if applicants:
+                    await connection.execute(
+                        sql.SEED_REFERENCE_HISTORY, history_prefix, applicants, applications_each
+                    )
+                await connection.execute(sql.ANALYZE_REFERENCE)
+            finally:
+                await connection.close()
+            yield url
+        finally:
+            await admin.execute(sql.DROP_DATABASE.format(name=name))
     finally:
-        await asyncio.to_thread(_stop_process_group, process, 15.0)
+        await admin.close()
 
 
 @contextmanager

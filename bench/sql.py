@@ -48,3 +48,69 @@ SELECT {EVENT_COLUMNS}
 FROM events e LEFT JOIN ledger_log l ON l.position = e.position
 ORDER BY e.stream_id, e.stream_version
 """
+
+# --- The tutorial reference (bench/reference_app.py), in a database of its own ---
+
+CREATE_REFERENCE_TABLE = """
+CREATE TABLE IF NOT EXISTS loan_applications (
+    id                bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    applicant_id      text        NOT NULL,
+    amount            numeric     NOT NULL,
+    income            numeric     NOT NULL,
+    employment_years  integer     NOT NULL,
+    score             numeric     NOT NULL,
+    decision          text        NOT NULL,
+    created_at        timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS loan_applications_applicant_created
+    ON loan_applications (applicant_id, created_at);
+"""
+
+_REFERENCE_COLUMNS = (
+    "id, applicant_id, amount, income, employment_years, score, decision, created_at"
+)
+
+REFERENCE_INSERT_APPLICATION = f"""
+INSERT INTO loan_applications (applicant_id, amount, income, employment_years, score, decision)
+VALUES ($1, $2, $3, $4, $5, $6)
+RETURNING {_REFERENCE_COLUMNS}
+"""
+
+REFERENCE_APPLICANT_HISTORY = f"""
+SELECT {_REFERENCE_COLUMNS}
+FROM loan_applications
+WHERE applicant_id = $1
+ORDER BY created_at DESC
+LIMIT 10
+"""
+
+ANALYZE_REFERENCE = "ANALYZE loan_applications"
+
+# The reference's history applicants: the same ids and counts as the product's seed
+# ($1 prefix, $2 applicants, $3 applications each), spread over the last three years.
+SEED_REFERENCE_HISTORY = """
+INSERT INTO loan_applications
+    (applicant_id, amount, income, employment_years, score, decision, created_at)
+SELECT $1 || lpad(a::text, 6, '0'), 10000 + 100 * n, 50000 + 500 * a % 100000, a % 41,
+       round((50000 + 500 * a % 100000)::numeric / (10000 + 100 * n) * 100 + a % 41 * 5, 2),
+       'review', now() - (a * 3 + n) * interval '1 minute'
+FROM generate_series(0, $2 - 1) AS a, generate_series(1, $3) AS n
+"""
+
+# --- Sequencer lag (bench/lag.py) ---
+
+# The committed events the sequencer has not numbered yet (the (transaction_id, position)
+# index; a handful of rows while it keeps up).
+UNSEQUENCED_POSITIONS = """
+SELECT e.position FROM events e, ledger_cursor c
+WHERE (e.transaction_id, e.position) > (c.last_transaction_id, c.last_position)
+"""
+
+SEQUENCED_RANGE = """
+SELECT l.seq, l.position, e.recorded_at
+FROM ledger_log l JOIN events e ON e.position = l.position
+WHERE l.seq > $1 AND l.seq <= $2
+ORDER BY l.seq
+"""
+
+LAST_SEQ = "SELECT last_seq FROM ledger_cursor"

@@ -98,6 +98,31 @@ def rate_figure(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class LagFigure:
+    """Sequencer lag: how long committed events waited for their ledger `seq` (bench/lag.py),
+    over every event numbered inside the measured windows of the apply phase."""
+
+    events: int
+    p50_ms: float | None
+    p99_ms: float | None
+    max_ms: float | None
+    poll_interval_ms: float
+    """Each lag is an upper bound, too long by at most about this much."""
+
+
+def lag_figure(lags: Sequence[float], poll_interval: float) -> LagFigure:
+    """`lags` in seconds."""
+    count = len(lags)
+    return LagFigure(
+        events=count,
+        p50_ms=percentile(lags, 0.50) * 1000 if count else None,
+        p99_ms=percentile(lags, 0.99) * 1000 if count else None,
+        max_ms=max(lags) * 1000 if count else None,
+        poll_interval_ms=poll_interval * 1000,
+    )
+
+
 def ratio(numerator: float | None, denominator: float | None) -> float | None:
     """numerator / denominator, or None when either is missing or the denominator is 0."""
     if numerator is None or denominator is None or denominator == 0:
@@ -184,6 +209,8 @@ class Target:
     threshold: float
     at_least: bool  # True: measured >= threshold; False: measured <= threshold
     unit: str
+    aim: float | None = None
+    """Where the issue would like the figure to be (reported; pass/fail is the threshold)."""
 
     @property
     def passed(self) -> bool | None:
@@ -227,6 +254,11 @@ class Figures:
     verify: RateFigure | None = None
     bulk_import: RateFigure | None = None
     memory: MemoryTrend | None = None
+    # The tutorial references (bench/reference_app.py) and the sequencer's lag.
+    bare_noop: LoadFigure | None = None
+    reference_apply: LoadFigure | None = None
+    reference_history: LoadFigure | None = None
+    sequencer_lag: LagFigure | None = None
 
     def ratios(self) -> dict[str, float | None]:
         return {
@@ -234,6 +266,11 @@ class Figures:
             "apply_vs_db_ceiling": ratio(_rate(self.apply), _rate(self.db_ceiling)),
             "naive_vs_noop": ratio(_rate(self.naive), _rate(self.noop)),
             "history_vs_noop": ratio(_rate(self.history), _rate(self.noop)),
+            "apply_vs_reference": ratio(_rate(self.apply), _rate(self.reference_apply)),
+            "apply_p99_vs_reference": ratio(_p99(self.apply), _p99(self.reference_apply)),
+            "history_vs_reference": ratio(_rate(self.history), _rate(self.reference_history)),
+            "history_p99_vs_reference": ratio(_p99(self.history), _p99(self.reference_history)),
+            "noop_vs_bare_noop": ratio(_rate(self.noop), _rate(self.bare_noop)),
         }
 
 
@@ -245,6 +282,7 @@ def targets(figures: Figures) -> list[Target]:
         return figure.per_second if figure is not None else None
 
     memory = figures.memory
+    lag = figures.sequencer_lag
     return [
         Target(
             "apply_vs_naive",
@@ -276,6 +314,51 @@ def targets(figures: Figures) -> list[Target]:
             memory.allowed_growth_bytes / 2**20 if memory else 0.0,
             False,
             "MiB",
+        ),
+        # Issue 12: against the tutorial references measured in the same run.
+        Target(
+            "apply_vs_reference",
+            "apply throughput / tutorial reference apply throughput",
+            ratios["apply_vs_reference"],
+            1.0,
+            True,
+            "x",
+            aim=1.5,
+        ),
+        Target(
+            "apply_p99_vs_reference",
+            "apply p99 / tutorial reference apply p99",
+            ratios["apply_p99_vs_reference"],
+            1.0,
+            False,
+            "x",
+        ),
+        Target(
+            "history_vs_reference",
+            "history throughput / tutorial reference history throughput",
+            ratios["history_vs_reference"],
+            1.5,
+            True,
+            "x",
+            aim=2.0,
+        ),
+        Target(
+            "noop_vs_bare_noop",
+            "product no-op throughput / bare FastAPI no-op throughput",
+            ratios["noop_vs_bare_noop"],
+            0.8,
+            True,
+            "x",
+            aim=0.9,
+        ),
+        Target(
+            "sequencer_lag_p99",
+            "sequencer lag under the apply load, p99 (commit to ledger_log)",
+            lag.p99_ms if lag is not None else None,
+            50.0,
+            False,
+            "ms",
+            aim=10.0,
         ),
     ]
 
@@ -309,7 +392,11 @@ def result_document(
             "naive": _plain(figures.naive),
             "apply": _plain(figures.apply),
             "history": _plain(figures.history),
+            "bare_noop": _plain(figures.bare_noop),
+            "reference_apply": _plain(figures.reference_apply),
+            "reference_history": _plain(figures.reference_history),
         },
+        "sequencer_lag": _plain(figures.sequencer_lag),
         "db_ceiling": _plain(figures.db_ceiling),
         "offline": {
             "rebuild": _plain(figures.rebuild),
@@ -327,6 +414,7 @@ def result_document(
                 "comparison": ">=" if t.at_least else "<=",
                 "unit": t.unit,
                 "passed": t.passed,
+                "aim": t.aim,
             }
             for t in targets(figures)
         ],

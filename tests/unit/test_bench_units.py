@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import asdict
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +18,16 @@ from hypothesis import strategies as st
 
 from bench.cli import build_parser, config_from
 from bench.config import PHASES, BenchConfig
+from bench.lag import LagObservations, sequencer_lags
 from bench.loadgen import http_request, read_response, split_clients
+from bench.reference_app import ratio_score
 from bench.report import format_report
 from bench.stats import (
     RESULT_SCHEMA,
     Figures,
     LoadFigure,
     MemoryTrend,
+    lag_figure,
     load_figure,
     memory_trend,
     percentile,
@@ -123,6 +128,11 @@ def test_targets_pass_and_miss_on_the_issues_thresholds() -> None:
         "verify": False,  # 250,000 < 300,000
         "bulk_import": True,  # 60,000
         "memory_growth": True,
+        "apply_vs_reference": None,  # the references were not measured
+        "apply_p99_vs_reference": None,
+        "history_vs_reference": None,
+        "noop_vs_bare_noop": None,
+        "sequencer_lag_p99": None,
     }
     missed = _verdicts(
         _figures(
@@ -207,7 +217,15 @@ def test_the_result_document_has_a_stable_shape_and_is_json() -> None:
         "generator",
         "notes",
     }
-    assert set(document["http"]) == {"noop", "naive", "apply", "history"}
+    assert set(document["http"]) == {
+        "noop",
+        "naive",
+        "apply",
+        "history",
+        "bare_noop",
+        "reference_apply",
+        "reference_history",
+    }
     assert set(document["offline"]) == {"rebuild", "verify", "bulk_import"}
     assert document["http"]["apply"]["p99_ms"] == 25
     assert [t["key"] for t in document["targets"]] == [t.key for t in targets(_figures())]
@@ -220,6 +238,7 @@ def test_the_result_document_has_a_stable_shape_and_is_json() -> None:
         "comparison": ">=",
         "unit": "events/s",
         "passed": False,
+        "aim": None,
     }
     assert orjson.loads(orjson.dumps(document))["ratios"] == document["ratios"]
 
@@ -297,3 +316,105 @@ def test_the_command_line_defaults_are_the_issues_sizes_and_quick_is_small() -> 
     with pytest.raises(ValueError, match="--clients"):
         config_from(parser.parse_args(["--clients", "0"]))
     assert BenchConfig().with_quick_sizes().quick
+
+
+def _with_references(**overrides: Any) -> Figures:
+    base: dict[str, Any] = {
+        "bare_noop": _load("bare_noop", 5000, 4),
+        "reference_apply": _load("reference_apply", 1000, 30),
+        "reference_history": _load("reference_history", 1250, 12),
+        "sequencer_lag": lag_figure([0.001 * n for n in range(1, 101)], 0.005),
+    }
+    return _figures(**{**base, **overrides})
+
+
+def test_the_reference_ratios_divide_the_product_by_its_tutorial_reference() -> None:
+    ratios = _with_references().ratios()
+    assert ratios["apply_vs_reference"] == pytest.approx(1.6)  # 1600 / 1000
+    assert ratios["apply_p99_vs_reference"] == pytest.approx(25 / 30)
+    assert ratios["history_vs_reference"] == pytest.approx(2.0)  # 2500 / 1250
+    assert ratios["history_p99_vs_reference"] == pytest.approx(10 / 12)
+    assert ratios["noop_vs_bare_noop"] == pytest.approx(0.8)  # 4000 / 5000
+    failed = _with_references(reference_apply=_load("reference_apply", 1000, 30, errors=1))
+    assert failed.ratios()["apply_vs_reference"] is None
+    assert failed.ratios()["apply_p99_vs_reference"] is None
+
+
+def test_the_reference_targets_use_the_issues_thresholds_and_aims() -> None:
+    by_key = {t.key: t for t in targets(_with_references())}
+    assert by_key["apply_vs_reference"].passed is True  # 1.6 >= 1.0
+    assert (by_key["apply_vs_reference"].threshold, by_key["apply_vs_reference"].aim) == (1.0, 1.5)
+    assert by_key["apply_p99_vs_reference"].passed is True  # 25 ms <= 30 ms
+    assert by_key["history_vs_reference"].passed is True  # exactly 2.0
+    assert by_key["history_vs_reference"].aim == 2.0
+    assert by_key["noop_vs_bare_noop"].passed is True  # exactly the threshold 0.8
+    assert by_key["sequencer_lag_p99"].measured == pytest.approx(99.0)
+    assert by_key["sequencer_lag_p99"].passed is False  # 99 ms > 50 ms
+    missed = {
+        t.key: t.passed
+        for t in targets(
+            _with_references(
+                reference_apply=_load("reference_apply", 1700, 24),
+                reference_history=_load("reference_history", 1700, 5),
+                bare_noop=_load("bare_noop", 5001, 4),
+                sequencer_lag=lag_figure([0.002] * 100, 0.005),
+            )
+        )
+    }
+    assert missed["apply_vs_reference"] is False
+    assert missed["apply_p99_vs_reference"] is False  # 25 ms > 24 ms
+    assert missed["history_vs_reference"] is False  # 2500 / 1700 < 1.5
+    assert missed["noop_vs_bare_noop"] is False
+    assert missed["sequencer_lag_p99"] is True
+    assert lag_figure([], 0.005).p99_ms is None
+
+
+def test_the_report_shows_the_references_the_lag_and_the_aims() -> None:
+    document = _document(_with_references())
+    assert document["sequencer_lag"]["events"] == 100
+    assert next(t for t in document["targets"] if t["key"] == "noop_vs_bare_noop")["aim"] == 0.9
+    text = format_report(document)
+    for expected in (
+        "bare_noop",
+        "noop / this 0.80",
+        "reference_apply",
+        "apply / this 1.60, p99 0.83",
+        "history / this 2.00",
+        "sequencer lag under the apply load",
+        "p99 99.00 ms",
+        ">= 1.50 x (reached)",
+        ">= 0.90 x (not yet)",
+        "<= 10.00 ms (not yet)",
+    ):
+        assert expected in text, expected
+
+
+def _at(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def test_sequencer_lag_runs_from_the_last_poll_that_missed_the_commit_to_the_notification() -> None:
+    observations = LagObservations(
+        polls=[100.0, 100.005, 100.010, 100.015, 100.020],
+        first_seen={11: 0, 12: 2, 13: 2},
+        sequenced=[(100.012, 10), (100.018, 12), (100.030, 14)],
+        start_seq=9,
+    )
+    rows = [
+        (10, 11, _at(99.9)),  # already committed when the window opened: left out
+        (11, 12, _at(100.001)),  # first seen by poll 2: committed after poll 1 (100.005)
+        (12, 13, _at(100.007)),  # recorded after poll 1: recorded_at is the later bound
+        (13, 14, _at(100.0)),  # never seen, numbered at 100.030: after poll 3 (100.015)
+        (15, 16, _at(100.0)),  # numbered after the window: no notification, left out
+    ]
+    lags = sequencer_lags(observations, rows)
+    assert lags == pytest.approx([0.013, 0.011, 0.015])
+    # Seqs at or below the start are not the window's; an empty window has no lags.
+    assert sequencer_lags(observations, [(9, 99, _at(100.0))]) == []
+    assert sequencer_lags(LagObservations(), rows) == []
+
+
+def test_the_tutorial_score_is_the_ratio_score_in_decimal() -> None:
+    assert ratio_score(Decimal(10000), Decimal(8000), 0) == (Decimal("80.00"), "approved")
+    assert ratio_score(Decimal("30000.50"), Decimal(20000), 3) == (Decimal("81.67"), "approved")
+    assert ratio_score(Decimal(50000), Decimal(30000), 2) == (Decimal("70.00"), "review")
