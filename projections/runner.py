@@ -189,6 +189,9 @@ async def catch_up_on(
             on_batch(total, events[-1].seq)
 
 
+SET_BASED_WORK_MEM = "256MB"
+
+
 async def catch_up_set_based(
     connection: Connection,
     projector: SetBasedProjector,
@@ -208,6 +211,8 @@ async def catch_up_set_based(
         async with connection.transaction():
             if search_path:
                 await connection.execute(sql.SET_SEARCH_PATH, search_path)
+            # The window's sorts fit in memory instead of spilling to disk.
+            await connection.execute(sql.SET_WORK_MEM, SET_BASED_WORK_MEM)
             last_seq = await connection.fetchval(sql.SELECT_CHECKPOINT, projector.name) or 0
             end = min(last_seq + window, until_seq)
             if end <= last_seq:

@@ -96,6 +96,8 @@ ON CONFLICT (projection) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at 
 
 SET_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
 
+SET_WORK_MEM = "SELECT set_config('work_mem', $1, true)"
+
 # --- The applications projection, set-based (rebuilds; projections/applications.py) ---
 #
 # The same fold as `projections.applications.project`, over a window of the ledger log
