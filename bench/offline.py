@@ -4,7 +4,9 @@ Each calls the product's own code, so the figure is what an operator gets:
 
 - bulk import: `api.service.importer.import_file` (`lending-ledger import`), timed whole (the
   checking pass included);
-- rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection;
+- rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection
+  (the applications projection folds set-based in PostgreSQL, a window of
+  `batch_size * 10` seqs per statement);
 - verify: `projections.verify.verify_ledger` as `lending-ledger verify --skip-read-models`
   runs it (hash chains, ledger log, triggers; the target's "hash chains verified"), and as
   plain `lending-ledger verify` (the read models folded and compared too). A reference:

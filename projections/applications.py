@@ -30,6 +30,7 @@ from ledger.events import (
     RecordedEvent,
     decimal_to_json,
 )
+from ledger.store import recorded_event_from_row
 from projections import sql
 
 
@@ -214,6 +215,29 @@ class ApplicationsProjector:
         await connection.execute(sql.UPSERT_APPLICATIONS, *_application_columns(rows.values()))
         if history:
             await connection.execute(sql.INSERT_HISTORY, *_history_columns(history))
+
+    async def fold_log_window(
+        self, connection: Connection, after_seq: int, through_seq: int
+    ) -> list[RecordedEvent]:
+        """Fold the ledger log's window (after_seq, through_seq] set-based, in the database
+        (projections/sql.py, FOLD_APPLICATIONS_WINDOW), into the tables on `search_path`.
+
+        Returns the window's events of the streams the SQL does not vouch for (an unknown
+        event type or schema version, data the decoders would read differently), in log
+        order: the caller folds those with `apply`, which also reports the event that fails.
+        """
+        left: list[str] = await connection.fetchval(
+            sql.APPLICATIONS_LEFT_TO_PYTHON, after_seq, through_seq, STREAM_PREFIX
+        )
+        await connection.execute(
+            sql.FOLD_APPLICATIONS_WINDOW, after_seq, through_seq, STREAM_PREFIX, left
+        )
+        if not left:
+            return []
+        rows = await connection.fetch(
+            sql.SELECT_LOG_WINDOW_OF_STREAMS, after_seq, through_seq, left
+        )
+        return [recorded_event_from_row(row) for row in rows]
 
 
 def _application_columns(rows: Any) -> list[list[Any]]:

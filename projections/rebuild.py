@@ -65,8 +65,10 @@ from projections.runner import (
     CatchUpResult,
     OnBatch,
     Projector,
+    SetBasedProjector,
     apply_reporting,
     catch_up_on,
+    catch_up_set_based,
     create_shadow_schema,
     is_inline,
     quote_identifier,
@@ -76,6 +78,9 @@ from projections.runner import (
 PROJECTION_LOCK_CLASS = 725011508
 
 PROJECTION_NAME_LIMIT = 40
+
+SET_BASED_WINDOW_BATCHES = 10
+"""A set-based projector folds the log `batch_size` * this many events per transaction."""
 
 Progress = Callable[[int, int], None]
 """Called with (events folded so far, events in the ledger log)."""
@@ -326,14 +331,24 @@ async def _build(
                 on_progress(base + events, max(head, seq))
 
         batch: OnBatch = report
-        result = await catch_up_on(
-            connection,
-            projector,
-            batch_size=batch_size,
-            schema=shadow,
-            until_seq=head,
-            on_batch=batch,
-        )
+        if isinstance(projector, SetBasedProjector):
+            result = await catch_up_set_based(
+                connection,
+                projector,
+                window=batch_size * SET_BASED_WINDOW_BATCHES,
+                schema=shadow,
+                until_seq=head,
+                on_batch=batch,
+            )
+        else:
+            result = await catch_up_on(
+                connection,
+                projector,
+                batch_size=batch_size,
+                schema=shadow,
+                until_seq=head,
+                on_batch=batch,
+            )
         total += result.events
         last_seq = result.last_seq
         if result.events <= batch_size:
