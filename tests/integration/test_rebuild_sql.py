@@ -27,8 +27,8 @@ from projections import sql
 from projections.applications import ApplicationsProjector
 from projections.rebuild import rebuild
 from tests.conftest import MakeDatabase
-from tests.helpers import all_events
-from tests.test_properties_db import assert_read_models_equal_the_fold
+from tests.integration.test_properties_db import assert_read_models_equal_the_fold
+from tests.support.helpers import all_events
 
 APPLICATIONS = ApplicationsProjector()
 BASE_TIME = datetime(2024, 1, 1, tzinfo=UTC)
