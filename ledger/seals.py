@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,6 +48,9 @@ from ledger.merkle import (
 )
 from ledger.signing import SigningKey, key_id, signature_is_valid
 from ledger.store import recorded_event_from_row
+
+if TYPE_CHECKING:
+    from ledger.witness import Witness
 
 logger = logging.getLogger(__name__)
 
@@ -155,6 +158,12 @@ async def latest_seal(connection: Connection) -> Seal | None:
 async def seal_of_size(connection: Connection, tree_size: int) -> Seal | None:
     row = await connection.fetchrow(sql.SELECT_SEAL, tree_size)
     return None if row is None else _seal_from_row(row)
+
+
+async def seals_between(connection: Connection, after: int, upto: int, limit: int) -> list[Seal]:
+    """The seals with after < tree_size <= upto, ascending, at most `limit`."""
+    rows = await connection.fetch(sql.SELECT_SEALS_BETWEEN, after, upto, limit)
+    return [_seal_from_row(row) for row in rows]
 
 
 async def _stored_nodes(connection: Connection, wanted: Iterable[NodeId]) -> dict[NodeId, bytes]:
@@ -387,6 +396,7 @@ class Sealer:
         *,
         poll_interval: float | None = None,
         clock: Callable[[], datetime] = system_clock,
+        witness: Witness | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("the seal interval must be positive")
@@ -395,12 +405,17 @@ class Sealer:
         self._interval = timedelta(seconds=interval)
         self._poll_interval = poll_interval if poll_interval is not None else min(interval, 5.0)
         self._clock = clock
+        self._witness = witness
 
     async def seal_if_due(self) -> Seal | None:
-        async with self._pool.acquire() as connection, connection.transaction():
-            return await create_seal(
-                connection, self._key, self._clock, wait=False, min_interval=self._interval
-            )
+        async with self._pool.acquire() as connection:
+            async with connection.transaction():
+                seal = await create_seal(
+                    connection, self._key, self._clock, wait=False, min_interval=self._interval
+                )
+            if seal is not None and self._witness is not None:
+                await self._witness.record(connection, seal)  # after the commit, never before
+            return seal
 
     async def run(self) -> None:
         """Run until cancelled. Failures are logged and retried, never raised."""
