@@ -30,7 +30,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -44,7 +44,7 @@ from ledger.errors import LedgerIntegrityError
 from ledger.seals import Seal, seal_of_size, seal_signature_is_valid, seals_between
 from ledger.seals import statement_bytes as seal_statement_bytes
 from ledger.signing import key_id
-from ledger.verify import Finding
+from ledger.verify import Finding, VerifyReport
 
 logger = logging.getLogger(__name__)
 
@@ -265,3 +265,19 @@ async def check_witness(
                 finding(tree_size, f"rewritten in the database: {fields} differ from the witness")
             )
     return len(sizes), findings
+
+
+async def add_witness_findings(
+    report: VerifyReport,
+    open_connection: Callable[[], Awaitable[Connection]],
+    directory: Path,
+    trusted_keys: Iterable[Ed25519PublicKey],
+) -> None:
+    """`verify --witness DIR`: the witness check's count and findings, added to `report`."""
+    connection = await open_connection()
+    try:
+        checked, findings = await check_witness(connection, directory, trusted_keys)
+    finally:
+        await connection.close()
+    report.checked["witnessed_seals"] = checked
+    report.findings.extend(findings)
