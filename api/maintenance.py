@@ -285,6 +285,9 @@ def run_verify(
     if not 0 <= args.jobs <= 64:
         err.write("lending-ledger: --jobs must be from 0 to 64\n")
         return EXIT_USAGE
+    if args.witness is not None and not args.witness.is_dir():
+        err.write(f"lending-ledger: --witness: {args.witness} is not a directory\n")
+        return EXIT_USAGE
     try:
         trusted_keys = _trusted_keys(settings, args.public_key)
     except SigningKeyError as error:
