@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -48,6 +48,9 @@ from ledger.merkle import (
 )
 from ledger.signing import SigningKey, key_id, signature_is_valid
 from ledger.store import recorded_event_from_row
+
+if TYPE_CHECKING:
+    from ledger.witness import Witness
 
 logger = logging.getLogger(__name__)
 
@@ -157,6 +160,12 @@ async def seal_of_size(connection: Connection, tree_size: int) -> Seal | None:
     return None if row is None else _seal_from_row(row)
 
 
+async def seals_between(connection: Connection, after: int, upto: int, limit: int) -> list[Seal]:
+    """The seals with after < tree_size <= upto, ascending, at most `limit`."""
+    rows = await connection.fetch(sql.SELECT_SEALS_BETWEEN, after, upto, limit)
+    return [_seal_from_row(row) for row in rows]
+
+
 async def _stored_nodes(connection: Connection, wanted: Iterable[NodeId]) -> dict[NodeId, bytes]:
     nodes = sorted(set(wanted))
     rows = await connection.fetch(
@@ -206,12 +215,20 @@ async def create_seal(
     wait: bool = True,
     min_interval: timedelta | None = None,
     batch_size: int = LEAF_BATCH,
+    check_whole_log: bool = True,
 ) -> Seal | None:
     """Seal every sequenced event that no seal covers yet; the new seal, or None.
 
     None when there is nothing new, when the latest seal is younger than `min_interval`, or
     (with `wait=False`) when another sealer holds the lock. Runs in the caller's READ
     COMMITTED transaction; the seal and its tree nodes commit with it.
+
+    Before it signs, it checks what it builds on (`_check_base`) and raises
+    LedgerIntegrityError rather than sign over damage: the latest seal's hash and signature
+    (when signed with `key`), the stored frontier against the latest seal's root, the
+    latest seal's own leaves against their events, and each new row (present, contiguous,
+    linked to its stream predecessor). `check_whole_log` adds the whole log by count and
+    max (O(n) in the database; the sequencer's per-batch seals run it only now and then).
     """
     # One sealer at a time across every process. The lock is the transaction's first
     # statement; in READ COMMITTED each later statement sees what the previous holder
@@ -227,7 +244,10 @@ async def create_seal(
             return None
         now = max(now, previous.sealed_at)
     previous_size = previous.tree_size if previous is not None else 0
-    last_seq: int = await connection.fetchval(sql.SELECT_LAST_SEQ)
+    if check_whole_log:
+        last_seq = await _check_whole_log(connection)
+    else:
+        last_seq = await connection.fetchval(sql.SELECT_LAST_SEQ)
     if last_seq < previous_size:
         raise LedgerIntegrityError(
             f"the ledger log ends at seq {last_seq} but the latest seal covers "
@@ -238,6 +258,8 @@ async def create_seal(
 
     size = previous_size
     nodes = await _stored_nodes(connection, frontier(size)) if size else {}
+    if previous is not None:
+        await _check_base(connection, key, previous, nodes, batch_size)
     while size < last_seq:
         rows = await connection.fetch(sql.SELECT_LEAVES_TO_SEAL, size, last_seq, batch_size)
         leaves = []
@@ -247,6 +269,12 @@ async def create_seal(
             if row["hash"] is None:
                 raise LedgerIntegrityError(
                     f"the event at position {row['position']} (seq {offset}) is missing"
+                )
+            if not row["linked"]:
+                raise LedgerIntegrityError(
+                    f"the event at position {row['position']} (seq {offset}) does not link "
+                    "to its stream's previous event (prev_hash): the stream was altered; "
+                    "run `lending-ledger verify`"
                 )
             leaves.append(leaf_hash(bytes(row["hash"])))
         if not leaves:
@@ -277,6 +305,79 @@ async def create_seal(
     return seal
 
 
+async def _check_whole_log(connection: Connection) -> int:
+    """The log's last seq, after checking the whole log by count and max (one statement,
+    so one snapshot): no hole, no logged event missing, and it ends at the cursor."""
+    row = await connection.fetchrow(sql.SELECT_LOG_SHAPE)
+    assert row is not None
+    entries, last_seq = row["entries"], row["last_seq"]
+    if entries != last_seq:
+        raise LedgerIntegrityError(
+            f"log rows were deleted: the ledger log has {entries} entries but ends at seq "
+            f"{last_seq} ({last_seq - entries} missing); run `lending-ledger verify`"
+        )
+    if row["missing_events"]:
+        raise LedgerIntegrityError(
+            f"{row['missing_events']} event(s) in the ledger log no longer exist: "
+            "events were deleted; run `lending-ledger verify`"
+        )
+    if row["cursor_seq"] is not None and row["cursor_seq"] != last_seq:
+        raise LedgerIntegrityError(
+            f"the ledger log ends at seq {last_seq} but the sequencer's cursor is at seq "
+            f"{row['cursor_seq']}: log rows were deleted or added behind it; "
+            "run `lending-ledger verify`"
+        )
+    result: int = last_seq
+    return result
+
+
+async def _check_base(
+    connection: Connection,
+    key: SigningKey,
+    previous: Seal,
+    frontier_nodes: dict[NodeId, bytes],
+    batch_size: int,
+) -> None:
+    """Refuse to extend `previous` unless it and what it covers look as it was signed.
+
+    Cheap, O(log n + one batch): the statement's hash; its signature when `key` signed it
+    (a seal from an older key is checked by `verify` with the pinned keys); the stored
+    frontier against its root (the new root is built from that frontier); and its own
+    leaves, at most `batch_size` of them, against the events' stored hashes.
+    """
+    size = previous.tree_size
+    problem = None
+    if hashlib.sha256(statement_bytes(previous)).digest() != previous.seal_hash:
+        problem = "its seal_hash is not the hash of its statement"
+    elif previous.key_id == key.key_id and not seal_signature_is_valid(previous, key.public_key):
+        problem = "its signature does not verify"
+    elif root_from_frontier(size, frontier_nodes) != previous.root_hash:
+        problem = "the stored Merkle subtrees no longer compose to its root"
+    if problem is not None:
+        raise LedgerIntegrityError(
+            f"the latest seal (tree size {size}) was altered: {problem}; "
+            "run `lending-ledger verify`"
+        )
+    before: int = await connection.fetchval(sql.SELECT_SEAL_BEFORE, size)
+    bad = await connection.fetchrow(
+        sql.SELECT_LEAVES_OF_LAST_SEAL, max(before, size - batch_size), size
+    )
+    if bad is not None:
+        where = f"seq {bad['seq']}"
+        if bad["position"] is None:
+            what = "is missing from the ledger log"
+        elif bad["hash"] is None:
+            what = f"(position {bad['position']}): the event is missing"
+        elif bad["leaf"] is None:
+            what = "has lost its stored leaf"
+        else:
+            what = f"(position {bad['position']}): the event's hash is not the sealed one"
+        raise LedgerIntegrityError(
+            f"the latest seal (tree size {size}) no longer matches the log: {where} {what}; "
+            "run `lending-ledger verify`"
+        )
+
+
 def system_clock() -> datetime:
     return datetime.now(UTC)
 
@@ -295,6 +396,7 @@ class Sealer:
         *,
         poll_interval: float | None = None,
         clock: Callable[[], datetime] = system_clock,
+        witness: Witness | None = None,
     ) -> None:
         if interval <= 0:
             raise ValueError("the seal interval must be positive")
@@ -303,12 +405,17 @@ class Sealer:
         self._interval = timedelta(seconds=interval)
         self._poll_interval = poll_interval if poll_interval is not None else min(interval, 5.0)
         self._clock = clock
+        self._witness = witness
 
     async def seal_if_due(self) -> Seal | None:
-        async with self._pool.acquire() as connection, connection.transaction():
-            return await create_seal(
-                connection, self._key, self._clock, wait=False, min_interval=self._interval
-            )
+        async with self._pool.acquire() as connection:
+            async with connection.transaction():
+                seal = await create_seal(
+                    connection, self._key, self._clock, wait=False, min_interval=self._interval
+                )
+            if seal is not None and self._witness is not None:
+                await self._witness.record(connection, seal)  # after the commit, never before
+            return seal
 
     async def run(self) -> None:
         """Run until cancelled. Failures are logged and retried, never raised."""

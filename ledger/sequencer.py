@@ -9,19 +9,29 @@ corrupt the log: each batch locks the single cursor row first, and `seq` is a pr
 Writers never wait for the sequencer. It is woken by the NOTIFY that every event insert
 sends at commit (schema.sql) and also polls, because a transaction that was holding the
 horizon back may end without writing events.
+
+Given a signing key, the leader also seals what it logs (`_seal_if_due`): right after a
+batch commits, at most once per `seal_interval` (default 1 s), so every event is covered by
+a signed seal about a second after its commit, and a superuser's forgery of a recent event
+has that long, not the background sealer's minute, before it would be signed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
-from dataclasses import dataclass
+import time
 
 import asyncpg
 
-from ledger import sql
+from ledger import seal_sql, sql
 from ledger.db import Connection, connect
+from ledger.errors import LedgerIntegrityError
+from ledger.seals import create_seal, latest_seal, system_clock
+from ledger.signing import SigningKey
+from ledger.witness import Witness
 
 logger = logging.getLogger(__name__)
 
@@ -59,22 +69,56 @@ async def sequence_all(connection: Connection, batch_size: int = 1000) -> int:
     return total
 
 
-@dataclass
+@dataclasses.dataclass
 class SequencerSettings:
     batch_size: int = 1000
     poll_interval: float = 0.25
     retry_interval: float = 1.0
+    # Seconds between the seals the leader takes after its batches (with a signing key);
+    # 0: after every batch; None: the sequencer does not seal. Per batch is affordable
+    # (docs/benchmarks.md, "Per-batch sealing"), but under load a batch can hold a single
+    # event and every seal is a row and a witness file for good: at most one a second keeps
+    # that to 86,400 a day while bounding the forgery window to about a second.
+    seal_interval: float | None = 1.0
+    # Its seals check the whole log by count and max (O(n)) at most this often; the cheap
+    # checks of ledger.seals._check_base run on every seal.
+    full_check_interval: float = 60.0
+    # After a refusal (the stored ledger was altered), wait this long before trying again.
+    refused_retry_interval: float = 30.0
+
+
+def sequencer_settings_for(
+    base: SequencerSettings | None, batch_seal_interval_ms: int
+) -> SequencerSettings:
+    """`base` (default settings if None) with the configured seal interval; 0 ms: no seals."""
+    seal_interval = batch_seal_interval_ms / 1000 if batch_seal_interval_ms > 0 else None
+    return dataclasses.replace(base or SequencerSettings(), seal_interval=seal_interval)
 
 
 class Sequencer:
-    """Contends for leadership and, while leading, keeps the ledger log up to date."""
+    """Contends for leadership and, while leading, keeps the ledger log up to date (and, with
+    a signing key, sealed)."""
 
-    def __init__(self, dsn: str, settings: SequencerSettings | None = None) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        settings: SequencerSettings | None = None,
+        *,
+        signing_key: SigningKey | None = None,
+        witness: Witness | None = None,
+    ) -> None:
         self._dsn = dsn
         self._settings = settings or SequencerSettings()
         self._wake = asyncio.Event()
         self.is_leader = False
         self.connection: Connection | None = None
+        self._key = signing_key if self._settings.seal_interval is not None else None
+        self._witness = witness
+        self._unsealed = True  # unknown at start: look
+        self._next_seal_at = 0.0
+        self._next_full_check_at = 0.0
+        self.seal_seconds: list[float] = []
+        """Duration of each of the last seals this sequencer took (for measurements)."""
 
     async def run(self) -> None:
         """Run until cancelled. Connection failures are logged and retried, never raised."""
@@ -101,9 +145,67 @@ class Sequencer:
         await self.connection.add_listener("ledger_events_appended", self._on_notify)
         while True:
             self._wake.clear()
-            await sequence_all(self.connection, self._settings.batch_size)
+            while await sequence_batch(self.connection, self._settings.batch_size):
+                self._unsealed = True
+                # Between batches too: under steady load this loop may not end for long.
+                await self._seal_if_due(self.connection)
+            timeout = self._settings.poll_interval
+            if self._unsealed:
+                timeout = min(timeout, await self._seal_if_due(self.connection))
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout)
+
+    async def _seal_if_due(self, connection: Connection) -> float:
+        """Seal the log if this sequencer seals and a seal is due; the seconds until the
+        next seal may be due.
+
+        Ordering: the seal is taken right after the batch transaction commits, in a
+        transaction of its own on the same connection, not inside the batch's:
+        - it covers only committed log rows, so every seq it seals is already readable and
+          provable by everyone, and a crash between the two leaves sequenced rows unsealed
+          for the next seal, never a seal of rows that roll back;
+        - a seal that refuses (LedgerIntegrityError: the stored ledger was altered) or fails
+          rolls back alone: numbering, the feed and the SSE stream go on while the refusal
+          is logged as an ERROR;
+        - the cursor row lock is not held while hashing and signing, and the sealing lock is
+          only tried (wait=False), so an on-demand seal that holds it delays this seal to
+          the next loop (at most `poll_interval`) rather than blocking the sequencer.
+        The window in which a committed event is not yet covered by a signature is then its
+        sequencing lag plus at most `seal_interval` plus one `poll_interval`.
+        """
+        if self._key is None:
+            self._unsealed = False
+            return self._settings.poll_interval
+        interval = self._settings.seal_interval or 0.0
+        now = time.monotonic()
+        if now < self._next_seal_at:
+            return self._next_seal_at - now
+        full_check = now >= self._next_full_check_at
+        started = time.perf_counter()
+        try:
+            async with connection.transaction():
+                seal = await create_seal(
+                    connection, self._key, system_clock, wait=False, check_whole_log=full_check
+                )
+        except LedgerIntegrityError as refused:
+            logger.error("sequencer: refusing to seal: %s", refused.detail)
+            self._next_seal_at = now + self._settings.refused_retry_interval
+            return self._settings.refused_retry_interval
+        self._next_seal_at = now + interval
+        if full_check:
+            self._next_full_check_at = now + self._settings.full_check_interval
+        if seal is None:
+            # Nothing new, or another sealer holds the lock: look which.
+            latest = await latest_seal(connection)
+            last_seq = await connection.fetchval(seal_sql.SELECT_LAST_SEQ)
+            self._unsealed = last_seq > (latest.tree_size if latest is not None else 0)
+            return self._settings.poll_interval
+        self.seal_seconds = [*self.seal_seconds[-999:], time.perf_counter() - started]
+        logger.debug("sequencer: sealed the ledger log up to seq %d", seal.tree_size)
+        self._unsealed = False
+        if self._witness is not None:
+            await self._witness.record(connection, seal)
+        return max(interval, self._settings.poll_interval)
 
     def _on_notify(self, *_: object) -> None:
         self._wake.set()

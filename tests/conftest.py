@@ -114,7 +114,7 @@ async def app(database_url: str) -> AsyncIterator[FastAPI]:
     # No background sealer: tests seal on demand (POST /audit/seals), so what a seal covers
     # is deterministic.
     application = create_app(
-        Settings(app_env="test", seal_interval_seconds=0),
+        Settings(app_env="test", seal_interval_seconds=0, batch_seal_interval_ms=0),
         database_url=database_url,
         sequencer_settings=FAST_SEQUENCER,
     )

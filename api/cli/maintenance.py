@@ -27,6 +27,7 @@ from ledger.db import Connection, connect
 from ledger.errors import RebuildInProgress, RebuildNotPermitted
 from ledger.signing import SigningKeyError, read_public_key
 from ledger.verify import VerifyReport
+from ledger.witness import add_witness_findings
 from projections.rebuild import (
     RebuildResult,
     ShapeMismatch,
@@ -94,6 +95,13 @@ def add_maintenance_parsers(commands: Subparsers[argparse.ArgumentParser]) -> No
         metavar="FILE",
         help="a PEM public (or private) key seals may be signed with; repeatable. "
         "Default: the configured signing key (LEDGER_SIGNING_KEY_FILE), if it exists",
+    )
+    verify_parser.add_argument(
+        "--witness",
+        type=Path,
+        metavar="DIR",
+        help="also check the database's seals against the seals witnessed in DIR "
+        "(LEDGER_WITNESS_DIR of the service): each must be in the database unchanged",
     )
     verify_parser.add_argument(
         "--jobs",
@@ -277,6 +285,9 @@ def run_verify(
     if not 0 <= args.jobs <= 64:
         err.write("lending-ledger: --jobs must be from 0 to 64\n")
         return EXIT_USAGE
+    if args.witness is not None and not args.witness.is_dir():
+        err.write(f"lending-ledger: --witness: {args.witness} is not a directory\n")
+        return EXIT_USAGE
     try:
         trusted_keys = _trusted_keys(settings, args.public_key)
     except SigningKeyError as error:
@@ -290,6 +301,7 @@ def run_verify(
                     read_models=not args.skip_read_models,
                     trusted_keys=trusted_keys,
                     jobs=args.jobs,
+                    witness=args.witness,
                 )
             )
         except (OSError, asyncpg.PostgresError) as error:
@@ -314,15 +326,23 @@ def _trusted_keys(settings: Settings, files: list[Path] | None) -> list[Ed25519P
 
 
 async def _verify(
-    url: str, *, read_models: bool, trusted_keys: list[Ed25519PublicKey], jobs: int
+    url: str,
+    *,
+    read_models: bool,
+    trusted_keys: list[Ed25519PublicKey],
+    jobs: int,
+    witness: Path | None = None,
 ) -> VerifyReport:
     async def open_connection() -> Connection:
         return await connect(url)
 
-    return await verify_ledger(
+    report = await verify_ledger(
         open_connection,
         read_models=read_models,
         trusted_keys=trusted_keys,
         jobs=jobs,
         database_url=url,
     )
+    if witness is not None:
+        await add_witness_findings(report, open_connection, witness, trusted_keys)
+    return report

@@ -20,6 +20,7 @@ from ledger.db import connect
 from ledger.errors import LedgerIntegrityError
 from ledger.seals import Seal, create_seal, latest_seal, system_clock
 from ledger.signing import SigningKey, SigningKeyError, load_or_create_signing_key
+from ledger.witness import Witness, witness_for
 
 
 def add_seal_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -32,15 +33,17 @@ def add_seal_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
     )
 
 
-async def _seal(url: str, key: SigningKey) -> tuple[Seal | None, bool]:
+async def _seal(url: str, key: SigningKey, witness: Witness | None) -> tuple[Seal | None, bool]:
     connection = await connect(url)
     try:
         await ensure_schema(connection)
         async with connection.transaction():
             seal = await create_seal(connection, key, system_clock)
-            if seal is not None:
-                return seal, True
-            return await latest_seal(connection), False
+        if seal is not None:
+            if witness is not None:
+                await witness.record(connection, seal)  # after the commit
+            return seal, True
+        return await latest_seal(connection), False
     finally:
         await connection.close()
 
@@ -53,7 +56,7 @@ def run_seal(settings: Settings, args: argparse.Namespace) -> int:
         return 2
     with database_url(settings.database_url, settings.data_dir) as url:
         try:
-            seal, created = asyncio.run(_seal(url, key))
+            seal, created = asyncio.run(_seal(url, key, witness_for(settings.witness_dir)))
         except LedgerIntegrityError as error:
             print(f"lending-ledger: cannot seal: {error.detail}", file=sys.stderr)
             return 1

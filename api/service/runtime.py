@@ -23,8 +23,9 @@ from ledger import idempotency
 from ledger.db import connect, create_pool
 from ledger.scoring import ScoringModel, get_model
 from ledger.seals import Sealer
-from ledger.sequencer import Sequencer, SequencerSettings
+from ledger.sequencer import Sequencer, SequencerSettings, sequencer_settings_for
 from ledger.signing import SigningKey, load_or_create_signing_key
+from ledger.witness import witness_for
 
 logger = logging.getLogger(__name__)
 
@@ -43,10 +44,16 @@ class LedgerService:
         self._pool: asyncpg.Pool | None = None
         self._ready = asyncio.Event()
         self._last_error: str | None = "starting"
-        self.sequencer = Sequencer(database_url, sequencer_settings)
-        self.tail = LedgerTail(database_url, live_settings)
         # Generated on first start when absent; a broken key file stops start-up here.
         self.signing_key: SigningKey = load_or_create_signing_key(settings.signing_key_path)
+        self.witness = witness_for(settings.witness_dir)
+        self.sequencer = Sequencer(
+            database_url,
+            sequencer_settings_for(sequencer_settings, settings.batch_seal_interval_ms),
+            signing_key=self.signing_key,
+            witness=self.witness,
+        )
+        self.tail = LedgerTail(database_url, live_settings)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -100,7 +107,12 @@ class LedgerService:
         logger.info("database ready; schema applied")
         self._tasks.append(asyncio.create_task(self.sequencer.run(), name="ledger-sequencer"))
         if self.settings.seal_interval_seconds > 0:
-            sealer = Sealer(self.pool, self.signing_key, self.settings.seal_interval_seconds)
+            sealer = Sealer(
+                self.pool,
+                self.signing_key,
+                self.settings.seal_interval_seconds,
+                witness=self.witness,
+            )
             self._tasks.append(asyncio.create_task(sealer.run(), name="ledger-sealer"))
         self._tasks.append(asyncio.create_task(self.tail.run(), name="ledger-live-listener"))
         self._tasks.append(

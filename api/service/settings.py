@@ -62,6 +62,11 @@ class Settings:
     signing_key_file: Path | None = None
     # Seconds between background seals (when new events exist); 0 turns the sealer off.
     seal_interval_seconds: int = 60
+    # The sequencer seals what it logs at most this often (ms; 0 turns it off), so events
+    # are signed about a second after they commit (docs/architecture.md, "Seals and proofs").
+    batch_seal_interval_ms: int = 1000
+    # A directory outside the database every seal is also written to (ledger/witness.py).
+    witness_dir: Path | None = None
 
     @property
     def signing_key_path(self) -> Path:
@@ -99,4 +104,6 @@ class Settings:
                 else None
             ),
             seal_interval_seconds=_int(env, "LEDGER_SEAL_INTERVAL_SECONDS", 60, 0, 7 * 24 * 3600),
+            batch_seal_interval_ms=_int(env, "LEDGER_BATCH_SEAL_INTERVAL_MS", 1000, 0, 3_600_000),
+            witness_dir=Path(env["LEDGER_WITNESS_DIR"]) if env.get("LEDGER_WITNESS_DIR") else None,
         )

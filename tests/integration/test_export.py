@@ -246,7 +246,7 @@ async def test_the_export_command_writes_json_and_html(
 async def fresh_app(make_database: MakeDatabase) -> AsyncIterator[tuple[str, FastAPI]]:
     url = await make_database()
     application = create_app(
-        Settings(app_env="test", seal_interval_seconds=0),
+        Settings(app_env="test", seal_interval_seconds=0, batch_seal_interval_ms=0),
         database_url=url,
         sequencer_settings=FAST_SEQUENCER,
     )

@@ -66,7 +66,7 @@ async def events_of(client: httpx.AsyncClient, application_id: str) -> list[dict
 async def fresh_client(make_database: MakeDatabase) -> AsyncIterator[httpx.AsyncClient]:
     """An app on an empty database of its own, without a background sealer."""
     app: FastAPI = create_app(
-        Settings(app_env="test", seal_interval_seconds=0),
+        Settings(app_env="test", seal_interval_seconds=0, batch_seal_interval_ms=0),
         database_url=await make_database(),
         sequencer_settings=FAST_SEQUENCER,
     )

@@ -106,11 +106,14 @@ async def get_latest_seal(pool: PoolDep) -> JSONResponse:
 async def post_seal(service: ServiceDep, pool: PoolDep) -> JSONResponse:
     """201 with the new seal; 200 with the latest seal when every sequenced event is sealed
     already; 409 `not-yet-sealed` when the ledger log is still empty."""
-    async with pool.acquire() as connection, connection.transaction():
-        seal = await create_seal(connection, service.signing_key, system_clock)
-        created = seal is not None
-        if seal is None:
-            seal = await latest_seal(connection)
+    async with pool.acquire() as connection:
+        async with connection.transaction():
+            seal = await create_seal(connection, service.signing_key, system_clock)
+            created = seal is not None
+            if seal is None:
+                seal = await latest_seal(connection)
+        if created and seal is not None and service.witness is not None:
+            await service.witness.record(connection, seal)  # after the commit
     if seal is None:
         raise NotYetSealed("nothing to seal: the ledger log is empty")
     return JSONResponse(SealOut.from_seal(seal), status_code=201 if created else 200)
