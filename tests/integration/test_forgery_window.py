@@ -21,8 +21,8 @@ import httpx
 import orjson
 import pytest
 
-from api.app import create_app
-from api.settings import Settings
+from api.service.settings import Settings
+from api.web.app import create_app
 from ledger.application import STREAM_PREFIX
 from ledger.chain import hash_of_event
 from ledger.db import create_pool
@@ -38,11 +38,11 @@ from ledger.witness import (
     write_seal_file,
 )
 from tests.conftest import FAST_SEQUENCER, MakeDatabase
-from tests.helpers import all_events, assert_problem, wait_until_sequenced
-from tests.keyed import lifespan_in_own_task
-from tests.test_seals import as_superuser
-from tests.test_verify import findings_of, verify_cli
-from tests.workload import Apply, new_run, run_command
+from tests.integration.test_seals import as_superuser
+from tests.integration.test_verify import findings_of, verify_cli
+from tests.support.helpers import all_events, assert_problem, wait_until_sequenced
+from tests.support.keyed import lifespan_in_own_task
+from tests.support.workload import Apply, new_run, run_command
 
 
 @dataclass(frozen=True)
