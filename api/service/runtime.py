@@ -22,7 +22,7 @@ from api.service.settings import Settings
 from ledger import idempotency
 from ledger.db import connect, create_pool
 from ledger.scoring import ScoringModel, get_model
-from ledger.seals import Sealer
+from ledger.sealer import Sealer
 from ledger.sequencer import Sequencer, SequencerSettings, sequencer_settings_for
 from ledger.signing import SigningKey, load_or_create_signing_key
 from ledger.witness import witness_for

@@ -29,11 +29,11 @@ from ledger.canonical import canonical_bytes
 from ledger.chain import hash_of_event
 from ledger.db import create_pool
 from ledger.errors import LedgerIntegrityError, NotFound, NotYetSealed
+from ledger.sealer import Sealer
 from ledger.seals import (
     LEAF_BATCH,
     NO_PREVIOUS_SEAL,
     Seal,
-    Sealer,
     SealFinding,
     consistency_proof,
     create_seal,
