@@ -76,9 +76,9 @@ from playwright.async_api import (  # noqa: E402 (only once the browser is known
 SCREENSHOTS = os.environ.get("LEDGER_CONSOLE_SCREENSHOTS")
 
 
-async def screenshot(page: Page, name: str) -> None:
+async def screenshot(page: Page, name: str, full_page: bool = True) -> None:
     if SCREENSHOTS:  # playwright creates the directory
-        await page.screenshot(path=f"{SCREENSHOTS}/{name}.png", full_page=True)
+        await page.screenshot(path=f"{SCREENSHOTS}/{name}.png", full_page=full_page)
 
 
 @dataclass(frozen=True)
@@ -243,6 +243,7 @@ async def test_an_agent_key_is_refused_the_inbox(console: Console) -> None:
         await expect(page.locator("#sign-in-error")).to_contain_text(
             "Agent keys cannot use the console"
         )
+        await screenshot(page, "sign-in-refused", full_page=False)
         await page.goto("/console/inbox")
         assert "/console/sign-in" in page.url
         # With the key sent as the API expects it: 403 from the same role table.
@@ -416,7 +417,7 @@ async def test_docs_render_with_the_network_blocked(
         await page.goto(path)
         await expect(page.locator(ready).first).to_contain_text("lending-ledger")
         await page.wait_for_load_state("networkidle")  # whatever it loads late, too
-        await screenshot(page, path.strip("/"))
+        await screenshot(page, path.strip("/"), full_page=False)
     finally:
         await context.close()
     assert not [url for url in blocked if not url.startswith("data:")], blocked
