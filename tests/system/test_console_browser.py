@@ -227,7 +227,10 @@ async def test_maker_checker_shows_as_a_disabled_action_with_the_reason(
     try:
         await page.goto(f"/console/applications/{application['application_id']}")
         await expect(page.locator("#no-actions")).to_contain_text("Maker-checker")
-        await expect(page.get_by_role("button", name="Record decision")).to_have_count(0)
+        await expect(page.get_by_role("button", name="Record decision")).to_be_disabled()
+        for outcome in ("Approve", "Decline"):
+            await expect(page.get_by_label(outcome)).to_be_disabled()
+        await expect(page.locator("#why-approved")).to_contain_text("Maker-checker")
     finally:
         await context.close()
 

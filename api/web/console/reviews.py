@@ -210,17 +210,19 @@ class Action:
 
 
 def actions_for(principal: Principal, row: ApplicationRow) -> tuple[list[Action], str | None]:
-    """The approve/decline actions and, when none is possible, why (shown on the page)."""
+    """The approve/decline actions, each with why it is unavailable (if it is), and why no
+    decision is possible at all (then the page shows the actions disabled, or none)."""
     state = row.state
     if not allowed(principal, "console_decide"):
         return [], f"Your role ({principal.role}) may read applications but not decide them."
     if state.status != "in_review":
         return [], f"The application is {state.status}, not in review: nothing to decide."
     if principal.role is not None and principal.actor == state.submitted_by:
-        return [], (
+        why = (
             f"Maker-checker: you ({principal.actor}) submitted this application, so another "
             "analyst must decide it."
         )
+        return [Action("approved", "Approve", why), Action("declined", "Decline", why)], why
     decline_reason = None
     if principal.role not in (Role.ANALYST, None):
         decline_reason = "Only an analyst may decline an application."
