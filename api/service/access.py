@@ -62,6 +62,8 @@ _ANALYSTS = frozenset({Role.ANALYST, Role.ADMIN})
 _READERS = frozenset(Role)
 _AUDITORS = frozenset({Role.AUDITOR, Role.ADMIN})
 _ADMINS = frozenset({Role.ADMIN})
+_QUEUE_READERS = frozenset({Role.ANALYST, Role.AUDITOR, Role.ADMIN})
+_PEOPLE = _QUEUE_READERS  # the console's users: agents are programs, they use the API
 
 ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     # lending: commands
@@ -74,7 +76,7 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     "get_applicant_history": _READERS,
     "get_application": _READERS,
     "get_application_events": _READERS,
-    "get_review_queue": frozenset({Role.ANALYST, Role.AUDITOR, Role.ADMIN}),
+    "get_review_queue": _QUEUE_READERS,
     "get_reason_codes": _READERS,
     # the global feed and audit
     "get_event_feed": _AUDITORS,
@@ -95,6 +97,27 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     # always open: liveness and readiness probes carry no key
     "get_health": frozenset(),
     "get_readiness": frozenset(),
+    # the web console (api/web/console): pages for people, signed in by a session cookie
+    # (or open mode). The sign-in form is public; everything else follows the API's rules.
+    "console_sign_in_form": frozenset(),
+    "console_sign_in": frozenset(),
+    "console_sign_out": _PEOPLE,
+    "console_home": _PEOPLE,
+    "console_inbox": _QUEUE_READERS,
+    "console_inbox_count": _QUEUE_READERS,
+    "console_application": _QUEUE_READERS,
+    "console_decide": _ANALYSTS,
+    "console_ledger": _AUDITORS,
+    "console_ledger_stream": _AUDITORS,
+    "console_event": _AUDITORS,
+    "console_seals": _AUDITORS,
+    "console_public_key_json": _AUDITORS,
+    "console_latest_seal_json": _AUDITORS,
+    "console_inclusion_proof_json": _AUDITORS,
+    "console_consistency_proof_json": _AUDITORS,
+    "console_operations": _ADMINS,
+    "console_create_key": _ADMINS,
+    "console_revoke_key": _ADMINS,
 }
 """operation_id -> roles that may call it. An empty set means no key is needed."""
 
@@ -261,6 +284,12 @@ class Authenticator:
             self._verified = {d: v for d, v in self._verified.items() if v.expires > now}
         self._verified[digest] = _Verified(principal, key_id, now + self.ttl)
         return principal
+
+    async def open_mode(self, pool: Callable[[], asyncpg.Pool]) -> bool:
+        """Whether the service runs in open mode now (no key has ever existed), re-read at
+        most every `ttl` seconds; records no failed authentication (the console asks this
+        before it decides between its sign-in page and the open-mode principal)."""
+        return await self._open(pool)
 
     def forget(self, key_id: str) -> None:
         """Drop a key from this process's cache (its revocation reaches other processes

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.service.live import LiveSettings, closing_on_shutdown_signals
 from api.service.runtime import LedgerService
 from api.service.settings import Settings
+from api.web import console
 from api.web.auth import authorize, security
 from api.web.mcp import create_mcp_server, mcp_route, running
 from api.web.problems import problem, register_error_handlers
@@ -134,10 +135,16 @@ def create_app(
         redirect_slashes=False,
         # Every route is authorised from one table, by operation_id (api/service/access.py).
         dependencies=[Depends(authorize)],
+        # /docs and /redoc are served from the package's own files (offline), below.
+        docs_url=None,
+        redoc_url=None,
     )
     register_error_handlers(app)
     for routes in (applications, events, health, audit, workflow, keys, seals, admin):
         app.include_router(routes.router)
+    app.include_router(console.router)  # the web console for people (docs/console.md)
+    app.mount(console.STATIC_URL, console.static_files(), name="console-static")
+    console.add_offline_docs(app)
     mcp = create_mcp_server(app)  # tools call this app in-process (api/web/mcp.py)
     app.router.routes.append(mcp_route(mcp))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
