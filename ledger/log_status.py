@@ -157,7 +157,7 @@ CURRENT_WAL_LSN = "SELECT pg_current_wal_lsn()::text"
 # On a replica: whether it has replayed up to $1. On a primary (no replay position) always
 # true: what a primary can see includes every commit before now.
 REPLAYED_UP_TO = """
-SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) >= $1::pg_lsn
+SELECT coalesce(pg_last_wal_replay_lsn(), pg_current_wal_lsn()) >= $1::text::pg_lsn
 """
 
 # A replica's lag: 0 when it has replayed everything it received, else the age of the last

@@ -10,6 +10,10 @@ guarantees (never older than the write it names).
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -40,7 +44,9 @@ async def replica_replayed(replica_url: str, lsn: str, timeout: float = 30) -> N
     connection = await asyncpg.connect(replica_url)
     try:
         deadline = time.monotonic() + timeout
-        while not await connection.fetchval("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn", lsn):
+        while not await connection.fetchval(
+            "SELECT pg_last_wal_replay_lsn() >= $1::text::pg_lsn", lsn
+        ):
             assert time.monotonic() < deadline, f"the replica did not replay up to {lsn}"
             await asyncio.sleep(0.05)
     finally:
@@ -140,7 +146,27 @@ async def exercise(http: httpx.AsyncClient, control: asyncpg.Connection, replica
     metrics = parse((await http.get("/metrics")).text)
     assert value(metrics, "ledger_replica_lag_seconds") >= 0
 
+    # The read-only CLI checks run against the replica (DATABASE_URL pointed at it).
+    for command in (["verify", "--json"], ["rescore", "--all", "--json"]):
+        code, report = await asyncio.to_thread(cli_json, command, replica_url)
+        assert code == 0, report
+        assert report
+
     malformed = await http.get(
         f"/lending/applicants/{applicant}/history", headers={"X-Min-LSN": "yesterday"}
     )
     assert_problem(malformed, 422)
+
+
+def cli_json(argv: list[str], database_url: str) -> tuple[int, Any]:
+    """`lending-ledger ...` in a process of its own, with DATABASE_URL the replica's."""
+    finished = subprocess.run(
+        [sys.executable, "-m", "api.cli.main", *argv],
+        env={**os.environ, "DATABASE_URL": database_url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert finished.stdout, finished.stderr
+    return finished.returncode, json.loads(finished.stdout)
