@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
 from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 from prometheus_client.registry import Collector
 
 from ledger.log_status import LogStatus
@@ -78,6 +78,13 @@ def multiprocess_mode() -> bool:
     """Whether prometheus_client keeps values in PROMETHEUS_MULTIPROC_DIR (decided when it
     was first imported, from the environment then)."""
     return values.ValueClass is not values.MutexValue
+
+
+def process_exiting() -> None:
+    """A worker stopping cleanly takes its live gauges (pool, streams) out of the sums. A
+    killed worker's stay until the next start (which begins with a fresh directory)."""
+    if multiprocess_mode():
+        mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def auth_failed(reason: str) -> None:

@@ -246,6 +246,7 @@ class LedgerService:
                 await task
         self._tasks.clear()
         self._ready.clear()
+        metrics.process_exiting()
         if self._read_pool is not None:
             read_pool, self._read_pool = self._read_pool, None
             try:
