@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.contextvars import bound_contextvars
 
+from api.client.ledger_client import LedgerClient
 from api.service.logs import make_formatter
 from api.service.settings import Settings
 from api.web.app import create_app
@@ -402,3 +403,11 @@ async def test_one_apply_is_one_request_span_with_its_database_spans(
         assert span.attributes.get("db.system.name", span.attributes.get("db.system")) == (
             "postgresql"
         )
+
+
+async def test_the_python_client_reads_metrics_and_readiness(app: FastAPI) -> None:
+    transport = httpx.ASGITransport(app=app)
+    async with LedgerClient("http://ledger.test", transport=transport) as ledger:
+        text = await ledger.metrics()
+        assert "ledger_log_head" in text
+        assert (await ledger.readiness())["status"] == "ok"
