@@ -411,3 +411,69 @@ async def test_the_python_client_reads_metrics_and_readiness(app: FastAPI) -> No
         text = await ledger.metrics()
         assert "ledger_log_head" in text
         assert (await ledger.readiness())["status"] == "ok"
+
+
+# --- Settings for scale-out ---
+
+
+def test_scale_out_settings_come_from_the_environment() -> None:
+    settings = Settings.from_env(
+        {
+            "LEDGER_READ_DATABASE_URL": "postgresql://reader@replica/ledger",
+            "LEDGER_DIRECT_DATABASE_URL": "postgresql://app@primary:5432/ledger",
+            "LEDGER_DB_STATEMENT_CACHE_SIZE": "0",
+            "LEDGER_READ_MIN_LSN_WAIT_MS": "250",
+            "LEDGER_READY_MAX_SEQUENCER_LAG_SECONDS": "5",
+            "LEDGER_ACCESS_LOG": "false",
+        }
+    )
+    assert settings.read_database_url == "postgresql://reader@replica/ledger"
+    assert settings.direct_database_url == "postgresql://app@primary:5432/ledger"
+    assert (settings.statement_cache_size, settings.read_min_lsn_wait_ms) == (0, 250)
+    assert settings.ready_max_sequencer_lag_seconds == 5
+    assert settings.access_log is False
+    defaults = Settings.from_env({})
+    assert defaults.read_database_url is None
+    assert defaults.direct_database_url is None
+    assert (defaults.statement_cache_size, defaults.access_log) == (100, True)
+
+
+async def test_without_a_statement_cache_and_with_a_direct_url_the_service_works(
+    make_database: MakeDatabase,
+) -> None:
+    """What pgBouncer in transaction mode before 1.21 needs: no named prepared statements
+    in the pools; the session-level work on the direct URL."""
+    url = await make_database()
+    app = create_app(
+        Settings(
+            app_env="test",
+            seal_interval_seconds=0,
+            statement_cache_size=0,
+            direct_database_url=url
+            + ("&" if "?" in url else "?")
+            + "application_name=ledger-direct",
+        ),
+        database_url=url,
+        sequencer_settings=FAST_SEQUENCER,
+    )
+    async with running(app) as http:
+        service = app.state.service
+        assert service.direct_database_url.endswith("ledger-direct")
+        body = application()
+        assert (await http.post("/lending/apply", json=body)).status_code == 200
+        history = await http.get(f"/lending/applicants/{body['applicant_id']}/history")
+        assert len(history.json()) == 1
+        connection = await connect(url)
+        try:
+            deadline = time.monotonic() + 20
+            while (await read_log_status(connection)).log_head < 3:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            # The sequencer and the listener use the direct URL.
+            names = await connection.fetch(
+                "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
+            )
+            assert sum(row["application_name"] == "ledger-direct" for row in names) >= 2
+        finally:
+            await connection.close()
+        assert (await http.get("/readyz")).status_code == 200
