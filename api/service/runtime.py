@@ -69,16 +69,6 @@ class LedgerService:
             raise ServiceUnavailable(f"the database is not ready ({self._last_error})")
         return self._pool
 
-    @property
-    def read_pool(self) -> asyncpg.Pool:
-        """The replica's pool for reads that may lag (LEDGER_READ_DATABASE_URL); the primary
-        pool when none is configured or the replica is not connected."""
-        return self._read_pool if self._read_pool is not None else self.pool
-
-    @property
-    def has_replica(self) -> bool:
-        return self.settings.read_database_url is not None
-
     async def read_pool_at(self, min_lsn: str | None) -> asyncpg.Pool:
         """The pool to read from for a caller that has seen the write at `min_lsn` (a
         response's `X-Ledger-LSN`): the replica once it has replayed that far (waiting at
@@ -116,7 +106,7 @@ class LedgerService:
         try:
             async with self._read_pool.acquire(timeout=2) as connection:
                 return await replica_lag_seconds(connection)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        except (*DATABASE_UNAVAILABLE, TimeoutError, asyncpg.PostgresError):
             return None
 
     def sample_process_metrics(self) -> None:
