@@ -24,15 +24,25 @@ async def init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str) -> asyncpg.Connection:
-    connection: asyncpg.Connection = await asyncpg.connect(dsn)
+async def connect(dsn: str, *, statement_cache_size: int = 100) -> asyncpg.Connection:
+    connection: asyncpg.Connection = await asyncpg.connect(
+        dsn, statement_cache_size=statement_cache_size
+    )
     await init_connection(connection)
     return connection
 
 
-async def create_pool(dsn: str, *, min_size: int = 2, max_size: int = 10) -> asyncpg.Pool:
+async def create_pool(
+    dsn: str, *, min_size: int = 2, max_size: int = 10, statement_cache_size: int = 100
+) -> asyncpg.Pool:
+    """`statement_cache_size=0` behind pgBouncer in transaction mode before 1.21 (asyncpg
+    then prepares every statement unnamed; docs/operations.md, "pgBouncer")."""
     pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=init_connection
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=init_connection,
+        statement_cache_size=statement_cache_size,
     )
     assert pool is not None
     return pool

@@ -226,6 +226,12 @@ class LedgerClient:
             await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
 
     @staticmethod
+    def _parse_error(response: httpx.Response) -> None:
+        if response.is_error:
+            body = loads_exact(response.content) if response.content else None
+            raise LedgerAPIError(response.status_code, body if isinstance(body, dict) else {})
+
+    @staticmethod
     def _parse(response: httpx.Response) -> Any:
         body = loads_exact(response.content) if response.content else None
         if response.is_error:
@@ -452,13 +458,24 @@ class LedgerClient:
         return result
 
     async def readiness(self) -> Health:
-        """One attempt, never raising for 503: `status` is ok, starting or unavailable."""
+        """One attempt, never raising for 503: `status` is ok, starting, unavailable, or
+        the problem type of a sequencer that is missing or behind (no-sequencer,
+        sequencer-lagging)."""
         response = await self._http.get("/readyz")
         if response.status_code == 503:
-            unready: Health = loads_exact(response.content)
+            body = loads_exact(response.content)
+            if response.headers.get("content-type", "").startswith("application/problem+json"):
+                return Health(status=str(body["type"]).rsplit(":", 1)[-1], detail=body["detail"])
+            unready: Health = body
             return unready
         result: Health = self._parse(response)
         return result
+
+    async def metrics(self) -> str:
+        """The Prometheus text exposition (auditors and admins)."""
+        response = await self._http.get("/metrics")
+        self._parse_error(response)
+        return response.text
 
     # --- Audit: score reconstruction and seals ---
 

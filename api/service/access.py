@@ -27,6 +27,7 @@ from enum import StrEnum
 
 import asyncpg
 
+from api.service import metrics
 from api.service.dbrole import APP_GROUP_ROLE, current_role, ledger_rewrite_privileges
 from api.service.errors import NotAuthenticated
 from api.service.keystore import (
@@ -90,6 +91,8 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     # admin
     "create_seal": _ADMINS,
     "get_projections": _ADMINS,
+    # operations: Prometheus scrapes with an auditor's key (docs/operations.md, "Metrics")
+    "get_metrics": _AUDITORS,
     "rebuild_projection": _ADMINS,
     "create_api_key": _ADMINS,
     "list_api_keys": _ADMINS,
@@ -176,6 +179,7 @@ class FailedAuthentications:
         self._key_ids: dict[str, None] = {}
 
     def record(self, reason: str, remote: str | None, key_id: str | None) -> None:
+        metrics.auth_failed(reason)
         self._count += 1
         self._reasons[reason] += 1
         for seen, value in ((self._remotes, remote), (self._key_ids, key_id)):

@@ -10,17 +10,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine
 from typing import Any
 
 import asyncpg
 
+from api.service import metrics
 from api.service.dbrole import ensure_schema
 from api.service.errors import DATABASE_UNAVAILABLE, ServiceUnavailable
 from api.service.live import LedgerTail, LiveSettings
 from api.service.settings import Settings
 from ledger import idempotency
 from ledger.db import connect, create_pool
+from ledger.log_status import (
+    LagObserver,
+    LogStatus,
+    read_log_status,
+    replayed_up_to,
+    replica_lag_seconds,
+)
 from ledger.scoring import ScoringModel, get_model
 from ledger.sealer import Sealer
 from ledger.sequencer import Sequencer, SequencerSettings, sequencer_settings_for
@@ -40,20 +49,25 @@ class LedgerService:
     ) -> None:
         self.settings = settings
         self.database_url = database_url
+        # Session-level work (the sequencer's advisory lock, LISTEN, applying the schema)
+        # needs a real session: behind pgBouncer in transaction mode, a direct URL.
+        self.direct_database_url = settings.direct_database_url or database_url
         self.scoring_model: ScoringModel = get_model(settings.scoring_model)
         self._pool: asyncpg.Pool | None = None
+        self._read_pool: asyncpg.Pool | None = None
         self._ready = asyncio.Event()
         self._last_error: str | None = "starting"
+        self.lag = LagObserver()
         # Generated on first start when absent; a broken key file stops start-up here.
         self.signing_key: SigningKey = load_or_create_signing_key(settings.signing_key_path)
         self.witness = witness_for(settings.witness_dir)
         self.sequencer = Sequencer(
-            database_url,
+            self.direct_database_url,
             sequencer_settings_for(sequencer_settings, settings.batch_seal_interval_ms),
             signing_key=self.signing_key,
             witness=self.witness,
         )
-        self.tail = LedgerTail(database_url, live_settings)
+        self.tail = LedgerTail(self.direct_database_url, live_settings)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -61,6 +75,55 @@ class LedgerService:
         if self._pool is None or not self._ready.is_set():
             raise ServiceUnavailable(f"the database is not ready ({self._last_error})")
         return self._pool
+
+    async def read_pool_at(self, min_lsn: str | None) -> asyncpg.Pool:
+        """The pool to read from for a caller that has seen the write at `min_lsn` (a
+        response's `X-Ledger-LSN`): the replica once it has replayed that far (waiting at
+        most `read_min_lsn_wait_ms`), else the primary."""
+        replica = self._read_pool
+        if replica is None:
+            return self.pool
+        if min_lsn is None:
+            return replica
+        deadline = time.monotonic() + self.settings.read_min_lsn_wait_ms / 1000
+        delay = 0.005
+        try:
+            async with replica.acquire(timeout=1) as connection:
+                while not await replayed_up_to(connection, min_lsn):
+                    if time.monotonic() + delay > deadline:
+                        return self.pool
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+        except (*DATABASE_UNAVAILABLE, TimeoutError, asyncpg.PostgresError) as error:
+            logger.warning("read replica unavailable (%r); reading the primary", error)
+            return self.pool
+        return replica
+
+    async def log_status(self) -> tuple[LogStatus, float]:
+        """The ledger's background work (ledger/log_status.py) and the sequencer lag in
+        seconds, from the primary."""
+        async with self.pool.acquire(timeout=2) as connection:
+            status = await read_log_status(connection)
+        return status, self.lag.lag_seconds(status)
+
+    async def replica_lag(self) -> float | None:
+        """Seconds the replica is behind (None: no replica, or not connected)."""
+        if self._read_pool is None:
+            return None
+        try:
+            async with self._read_pool.acquire(timeout=2) as connection:
+                return await replica_lag_seconds(connection)
+        except (*DATABASE_UNAVAILABLE, TimeoutError, asyncpg.PostgresError):
+            return None
+
+    def sample_process_metrics(self) -> None:
+        """This worker's pool and stream gauges (api/service/metrics.py)."""
+        pool = self._pool
+        if pool is not None:
+            size = pool.get_size()
+            metrics.POOL_SIZE.set(size)
+            metrics.POOL_IN_USE.set(size - pool.get_idle_size())
+        metrics.SSE_SUBSCRIBERS.set(self.tail.subscribers)
 
     @property
     def ready(self) -> bool:
@@ -84,14 +147,20 @@ class LedgerService:
         delay = 0.2
         while True:
             try:
-                connection = await connect(self.database_url)
+                connection = await connect(
+                    self.direct_database_url,
+                    statement_cache_size=self.settings.statement_cache_size,
+                )
                 try:
                     # Applied if this role may; else it must be current (api/service/dbrole.py).
                     await ensure_schema(connection)
                 finally:
                     await connection.close()
                 self._pool = await create_pool(
-                    self.database_url, min_size=1, max_size=self.settings.pool_size
+                    self.database_url,
+                    min_size=1,
+                    max_size=self.settings.pool_size,
+                    statement_cache_size=self.settings.statement_cache_size,
                 )
                 break
             except DATABASE_UNAVAILABLE as error:
@@ -118,6 +187,40 @@ class LedgerService:
         self._tasks.append(
             asyncio.create_task(self._purge_idempotency_keys(), name="ledger-idempotency-purge")
         )
+        self._tasks.append(asyncio.create_task(self._sample_metrics(), name="ledger-metrics"))
+        if self.settings.read_database_url is not None:
+            self._tasks.append(
+                asyncio.create_task(
+                    self._connect_replica(self.settings.read_database_url), name="ledger-replica"
+                )
+            )
+
+    async def _connect_replica(self, url: str) -> None:
+        """Reads that may lag go to the replica once it is reachable; until then (and
+        whenever it is down: see read_pool_at) they read the primary."""
+        delay = 0.2
+        while True:
+            try:
+                self._read_pool = await create_pool(
+                    url,
+                    min_size=1,
+                    max_size=self.settings.pool_size,
+                    statement_cache_size=self.settings.statement_cache_size,
+                )
+                logger.info("read replica connected")
+                return
+            except (*DATABASE_UNAVAILABLE, asyncpg.PostgresError) as error:
+                logger.warning(
+                    "cannot reach the read replica (%s); retrying in %.1fs", error, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def _sample_metrics(self) -> None:
+        """With several workers a scrape reads every worker's last sample: keep it fresh."""
+        while True:
+            self.sample_process_metrics()
+            await asyncio.sleep(1.0)
 
     async def _purge_idempotency_keys(self) -> None:
         """Delete expired idempotency records now and then (bounded batches). Expired keys
@@ -145,6 +248,13 @@ class LedgerService:
                 await task
         self._tasks.clear()
         self._ready.clear()
+        metrics.process_exiting()
+        if self._read_pool is not None:
+            read_pool, self._read_pool = self._read_pool, None
+            try:
+                await asyncio.wait_for(read_pool.close(), timeout=10)
+            except TimeoutError:
+                read_pool.terminate()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:

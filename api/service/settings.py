@@ -34,8 +34,8 @@ def _int(env: dict[str, str], name: str, default: int, low: int, high: int) -> i
     return value
 
 
-def _bool(env: dict[str, str], name: str) -> bool:
-    raw = (env.get(name) or "false").strip().lower()
+def _bool(env: dict[str, str], name: str, *, default: bool = False) -> bool:
+    raw = (env.get(name) or str(default)).strip().lower()
     if raw not in ("true", "false", "1", "0", "yes", "no"):
         raise ConfigurationError(f"{name} must be true or false, got {raw!r}")
     return raw in ("true", "1", "yes")
@@ -67,6 +67,20 @@ class Settings:
     batch_seal_interval_ms: int = 1000
     # A directory outside the database every seal is also written to (ledger/witness.py).
     witness_dir: Path | None = None
+    # /readyz says 503 when the oldest committed event still without a seq has waited longer
+    # than this (docs/operations.md, "Health and readiness"); 0 turns the lag check off.
+    ready_max_sequencer_lag_seconds: int = 30
+    # Scale-out (docs/operations.md, "Scale-out"): a streaming replica for reads that may
+    # lag; a direct (not pooled by pgBouncer) URL for the session-level work: the
+    # sequencer's advisory lock, the live feed's LISTEN and applying the schema; asyncpg's
+    # prepared statement cache (0 behind pgBouncer in transaction mode before 1.21).
+    read_database_url: str | None = None
+    direct_database_url: str | None = None
+    statement_cache_size: int = 100
+    # How long a read sent with X-Min-LSN waits for the replica before reading the primary.
+    read_min_lsn_wait_ms: int = 1000
+    # One JSON line per request (api.web.access) at INFO (docs/operations.md, "Logs").
+    access_log: bool = True
 
     @property
     def signing_key_path(self) -> Path:
@@ -106,4 +120,12 @@ class Settings:
             seal_interval_seconds=_int(env, "LEDGER_SEAL_INTERVAL_SECONDS", 60, 0, 7 * 24 * 3600),
             batch_seal_interval_ms=_int(env, "LEDGER_BATCH_SEAL_INTERVAL_MS", 1000, 0, 3_600_000),
             witness_dir=Path(env["LEDGER_WITNESS_DIR"]) if env.get("LEDGER_WITNESS_DIR") else None,
+            ready_max_sequencer_lag_seconds=_int(
+                env, "LEDGER_READY_MAX_SEQUENCER_LAG_SECONDS", 30, 0, 24 * 3600
+            ),
+            read_database_url=env.get("LEDGER_READ_DATABASE_URL") or None,
+            direct_database_url=env.get("LEDGER_DIRECT_DATABASE_URL") or None,
+            statement_cache_size=_int(env, "LEDGER_DB_STATEMENT_CACHE_SIZE", 100, 0, 100_000),
+            read_min_lsn_wait_ms=_int(env, "LEDGER_READ_MIN_LSN_WAIT_MS", 1000, 0, 60_000),
+            access_log=_bool(env, "LEDGER_ACCESS_LOG", default=True),
         )

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI
+from opentelemetry.sdk.trace import TracerProvider
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -18,8 +19,21 @@ from api.service.settings import Settings
 from api.web import console
 from api.web.auth import authorize, security
 from api.web.mcp import create_mcp_server, mcp_route, running
+from api.web.metrics import RequestMetricsMiddleware
 from api.web.problems import problem, register_error_handlers
-from api.web.routes import admin, applications, audit, events, health, keys, seals, workflow
+from api.web.replicas import ReadYourWritesMiddleware
+from api.web.routes import (
+    admin,
+    applications,
+    audit,
+    events,
+    health,
+    keys,
+    metrics,
+    seals,
+    workflow,
+)
+from api.web.tracing import CorrelationSpanMiddleware, instrument, provider_from_env
 from ledger.sequencer import SequencerSettings
 
 logger = logging.getLogger(__name__)
@@ -99,9 +113,12 @@ def create_app(
     database_url: str | None = None,
     sequencer_settings: SequencerSettings | None = None,
     live_settings: LiveSettings | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> FastAPI:
     """Build the app. `database_url` defaults to the settings' DATABASE_URL; the CLI sets
-    that after starting the embedded server, so every worker finds the same database."""
+    that after starting the embedded server, so every worker finds the same database.
+    Tracing is on with `tracer_provider`, else when the OTEL_* variables ask for it
+    (api/web/tracing.py)."""
     settings = settings or Settings.from_env()
     url = database_url or settings.database_url
     if url is None:
@@ -124,6 +141,8 @@ def create_app(
                 yield
         finally:
             await service.stop()
+            if owns_provider and provider is not None:
+                provider.shutdown()  # flushes the spans still batched
 
     app = FastAPI(
         title="lending-ledger",
@@ -140,7 +159,7 @@ def create_app(
         redoc_url=None,
     )
     register_error_handlers(app)
-    for routes in (applications, events, health, audit, workflow, keys, seals, admin):
+    for routes in (applications, events, health, audit, workflow, keys, seals, admin, metrics):
         app.include_router(routes.router)
     app.include_router(console.router)  # the web console for people (docs/console.md)
     app.mount(console.STATIC_URL, console.static_files(), name="console-static")
@@ -148,5 +167,14 @@ def create_app(
     mcp = create_mcp_server(app)  # tools call this app in-process (api/web/mcp.py)
     app.router.routes.append(mcp_route(mcp))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.read_database_url is not None:  # writes say their LSN (api/web/replicas.py)
+        app.add_middleware(ReadYourWritesMiddleware)
+    app.add_middleware(RequestMetricsMiddleware)  # duration, log context, access line
+    owns_provider = tracer_provider is None
+    provider = tracer_provider or provider_from_env()
+    if provider is not None:
+        app.add_middleware(CorrelationSpanMiddleware)
     app.add_middleware(CorrelationIdMiddleware)
+    if provider is not None:
+        instrument(app, provider)
     return app

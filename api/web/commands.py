@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import Request, Response
 
 from api.jsonio import dumps, to_plain
+from api.service import metrics
 from api.service.access import Principal
 from api.service.commands import CommandResult, Outcome, RequestContext
 from api.service.models import Application
@@ -33,7 +34,12 @@ def render_application(outcome: Outcome) -> StoredResponse:
 
 
 def command_response(result: CommandResult[Outcome]) -> Response:
-    headers = {"Idempotent-Replayed": "true"} if result.replayed else None
+    if result.outcome is None:
+        metrics.IDEMPOTENT_REPLAYS.inc()
+        headers: dict[str, str] | None = {"Idempotent-Replayed": "true"}
+    else:
+        metrics.count_events(event.event_type for event in result.outcome.events)
+        headers = None
     return Response(
         result.response.body,
         status_code=result.response.status_code,

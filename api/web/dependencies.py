@@ -5,11 +5,13 @@ responses each route documents."""
 from __future__ import annotations
 
 import email.message
+import re
 from typing import Annotated, Any
 from uuid import UUID
 
 import asyncpg
 from fastapi import Depends, Header, Request
+from fastapi.exceptions import RequestValidationError
 
 from api.service.runtime import LedgerService
 from api.web.models import Problem
@@ -45,6 +47,29 @@ async def get_pool(service: ServiceDep) -> asyncpg.Pool:
 
 
 PoolDep = Annotated[asyncpg.Pool, Depends(get_pool)]
+
+_LSN = re.compile(r"[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}")
+
+
+async def get_read_pool(request: Request, service: ServiceDep) -> asyncpg.Pool:
+    """For reads that may come from the replica (api/web/replicas.py): the replica, or the
+    primary when there is none or it has not replayed up to the request's `X-Min-LSN`."""
+    min_lsn = request.headers.get("x-min-lsn")
+    if min_lsn is not None and not _LSN.fullmatch(min_lsn):
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("header", "X-Min-LSN"),
+                    "msg": "must be a WAL position like 0/16B3748 (an X-Ledger-LSN value)",
+                    "input": min_lsn,
+                }
+            ]
+        )
+    return await service.read_pool_at(min_lsn)
+
+
+ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
 
 
 async def require_json(request: Request) -> None:

@@ -12,11 +12,22 @@ protocol, set here before the workers inherit it.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import socket
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import uvicorn
 from uvicorn.supervisors import Multiprocess
+
+from api.service.logs import dict_config
+from api.service.settings import Settings
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class NoDelayConfig(uvicorn.Config):
@@ -31,13 +42,50 @@ class NoDelayConfig(uvicorn.Config):
         return listener
 
 
+@contextlib.contextmanager
+def metrics_directory(workers: int) -> Iterator[None]:
+    """With several workers, a fresh PROMETHEUS_MULTIPROC_DIR for this start (each worker
+    writes its metrics there, a scrape of any worker reads them all; api/service/metrics.py).
+    A directory given in the environment is emptied first (stale files would count twice);
+    one made here is deleted at the end. One worker needs none."""
+    given = os.environ.get(MULTIPROC_ENV)
+    if workers <= 1 and not given:
+        yield
+        return
+    if given:
+        directory = Path(given)
+        directory.mkdir(parents=True, exist_ok=True)
+        for stale in directory.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        yield
+        return
+    directory = Path(tempfile.mkdtemp(prefix="lending-ledger-metrics-"))
+    os.environ[MULTIPROC_ENV] = str(directory)
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(directory, ignore_errors=True)
+
+
 def run(app: str, **options: Any) -> bool:
     """`uvicorn.run(app, **options)` for an import string, with NoDelayConfig. Returns
-    whether the server started (with workers, whether the supervisor ran)."""
+    whether the server started (with workers, whether the supervisor ran).
+
+    Unless `log_config` is given, uvicorn's logging (in every worker) is the service's
+    pipeline (api/service/logs.py): JSON lines, or console on a terminal, one access line
+    per request from api.web.access unless `access_log=False` or LEDGER_ACCESS_LOG=false."""
+    if "log_config" not in options:
+        access_log = options.get("access_log", True) and Settings.from_env().access_log
+        options["log_config"] = dict_config(
+            options.get("log_level") or "info", access_log=access_log
+        )
+        options["access_log"] = False  # uvicorn's own; api.web.access replaces it
     config = NoDelayConfig(app, **options)
-    if config.workers > 1:
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
-        return True
-    server = uvicorn.Server(config)
-    server.run()
-    return server.started
+    with metrics_directory(config.workers):
+        if config.workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+            return True
+        server = uvicorn.Server(config)
+        server.run()
+        return server.started

@@ -35,6 +35,7 @@ CLIENT_METHODS = {
     "stream_events": "stream_events",
     "get_health": "health",
     "get_readiness": "readiness",
+    "get_metrics": "metrics",
     "review_application": "review",
     "withdraw_application": "withdraw",
     "request_manual_review": "request_manual_review",

@@ -20,6 +20,7 @@ from api.web.commands import command_context, command_response, render_applicati
 from api.web.dependencies import (
     IdempotencyKey,
     PoolDep,
+    ReadPoolDep,
     ServiceDep,
     parse_application_id,
     problem_responses,
@@ -158,7 +159,7 @@ async def apply(
 )
 async def history(
     applicant_id: Annotated[str, Path(pattern=f"^{APPLICANT_ID_PATTERN.pattern}$")],
-    pool: PoolDep,
+    pool: ReadPoolDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     as_of: AsOf = None,
 ) -> JSONResponse:
@@ -197,7 +198,7 @@ async def application(
     response_model=list[Event],
     responses=problem_responses(404),
 )
-async def application_events(application_id: str, pool: PoolDep) -> JSONResponse:
+async def application_events(application_id: str, pool: ReadPoolDep) -> JSONResponse:
     parsed = parse_application_id(application_id)
     async with pool.acquire() as connection:
         events = await read_stream(connection, stream_id_for(parsed))

@@ -9,7 +9,12 @@ from fastapi.responses import HTMLResponse, Response
 
 from api.service.audit_models import ScoreReconstruction, ScoreReconstructionReport
 from api.service.records import DecisionRecord, read_decision_record, render_html
-from api.web.dependencies import PoolDep, ServiceDep, parse_application_id, problem_responses
+from api.web.dependencies import (
+    ReadPoolDep,
+    ServiceDep,
+    parse_application_id,
+    problem_responses,
+)
 from api.web.responses import ExactJSONRoute, JSONResponse
 from ledger.application import stream_id_for
 from ledger.errors import NotFound
@@ -27,7 +32,7 @@ router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONRespon
     response_model=ScoreReconstructionReport,
     responses=problem_responses(404),
 )
-async def score_reconstruction(application_id: str, pool: PoolDep) -> JSONResponse:
+async def score_reconstruction(application_id: str, pool: ReadPoolDep) -> JSONResponse:
     """For each `ApplicationScored` event: the recorded inputs, model and fingerprint, score,
     reasons and decision, and the same model version from the registry run again on those
     inputs. A model version missing from the registry, or registered with another
@@ -61,7 +66,7 @@ async def score_reconstruction(application_id: str, pool: PoolDep) -> JSONRespon
 )
 async def decision_record(
     application_id: str,
-    pool: PoolDep,
+    pool: ReadPoolDep,
     service: ServiceDep,
     format: Annotated[
         Literal["json", "html"], Query(description="json (default) or html")

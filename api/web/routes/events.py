@@ -24,7 +24,7 @@ from api.jsonio import dumps, to_plain
 from api.service.errors import DATABASE_UNAVAILABLE, ServiceUnavailable
 from api.service.live import LedgerTail
 from api.service.models import Event
-from api.web.dependencies import PoolDep, ServiceDep, problem_responses
+from api.web.dependencies import PoolDep, ReadPoolDep, ServiceDep, problem_responses
 from api.web.models import Problem
 from api.web.problems import PROBLEM_MEDIA_TYPE
 from api.web.responses import ExactJSONRoute, JSONResponse
@@ -124,7 +124,7 @@ async def follow_ledger(
     responses=problem_responses(422),
 )
 async def feed(
-    pool: PoolDep,
+    pool: ReadPoolDep,
     after: Annotated[
         int, Query(ge=0, le=2**63 - 1, description="last seq seen; 0 from the start")
     ] = 0,
