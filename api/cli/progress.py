@@ -150,7 +150,10 @@ class _PlainTracker(Tracker):
         self.bar = bar
 
     def _show(self) -> None:
-        self.bar.update(self.done, max(self.total or 0, self.done))
+        bar = self.bar
+        if bar.clock() - bar.started < bar.interval:
+            return  # a short run writes only its final line
+        bar.update(self.done, max(self.total or 0, self.done))
 
     def close(self) -> None:
         if self.done:
@@ -166,6 +169,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task: Task) -> Text:
         speed = task.finished_speed or task.speed
+        if speed is None and task.elapsed:  # too few updates for rich's estimate yet
+            speed = task.completed / task.elapsed
         rate = "?" if speed is None else f"{speed:,.0f}"
         return Text(f"{rate} {self.unit}/s", style="progress.data.speed")
 
@@ -195,9 +200,13 @@ def rich_progress(stream: TextIO, unit: str, *, force: bool) -> Progress:
         RateColumn(unit),
         TextColumn("ETA"),
         TimeRemainingColumn(),
+        TextColumn("elapsed"),
         TimeElapsedColumn(),
         console=console,
         refresh_per_second=8,
+        # stdout is the command's (its report, or its one JSON document): never the bar's
+        redirect_stdout=False,
+        redirect_stderr=False,
     )
 
 
