@@ -8,7 +8,7 @@ does it (`ledger.reconstruction`); every non-match is reported in full, then one
 
 Exit codes: 0 every score matched, 1 any score did not (mismatch, unknown model, fingerprint
 mismatch, refused inputs, unreadable event), 2 a usage error (a malformed or unknown
-application id).
+application id) or a database that cannot be read.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Annotated, TextIO
 from uuid import UUID
 
+import asyncpg
 import typer
 
 from api.cli.common import JsonOption, ProgressOption, VerboseOption, exits, settings_from_env
@@ -205,9 +206,13 @@ def run_rescore(
             sys.stderr.write(f"lending-ledger rescore: not an application id: {application}\n")
             return EXIT_USAGE
     with database_url(settings.database_url, settings.data_dir) as url:
-        if application_id is not None:
-            return asyncio.run(rescore(url, application_id=application_id, as_json=as_json))
-        with tracking("rescore", option=progress) as tracker:
-            return asyncio.run(
-                rescore(url, as_json=as_json, tracker=None if progress is False else tracker)
-            )
+        try:
+            if application_id is not None:
+                return asyncio.run(rescore(url, application_id=application_id, as_json=as_json))
+            with tracking("rescore", option=progress) as tracker:
+                return asyncio.run(
+                    rescore(url, as_json=as_json, tracker=None if progress is False else tracker)
+                )
+        except (OSError, asyncpg.PostgresError) as error:
+            sys.stderr.write(f"lending-ledger rescore: could not read the database: {error}\n")
+            return EXIT_USAGE

@@ -125,6 +125,21 @@ def test_main_returns_exit_codes_and_raises_for_parser_errors(
     assert "Usage" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["verify", "--json"],
+        ["rescore", "--all", "--json"],
+        ["export", "--application", "640dcd80-1d93-4552-bcd3-084dae0f0d51"],
+    ],
+)
+def test_a_database_that_cannot_be_read_exits_2(runner: CliRunner, argv: list[str]) -> None:
+    result = runner.invoke(app, [*argv, "--no-progress"] if argv[0] != "export" else argv)
+    assert result.exit_code == 2, result.stderr
+    assert "could not read the database" in result.stderr
+    assert result.stdout == ""
+
+
 def test_import_of_a_file_that_does_not_exist_is_a_usage_error(
     runner: CliRunner, tmp_path: Path
 ) -> None:
