@@ -87,6 +87,12 @@ WHERE e.event_type = ANY($1::text[])
 ORDER BY e.stream_id, e.stream_version
 """
 
+# The totals the CLI's progress bars count towards (`rescore --all`, `verify`): only
+# counted when a bar is shown. $1: the event types.
+COUNT_SCORE_EVENTS = "SELECT count(*) FROM events WHERE event_type = ANY($1::text[])"
+
+COUNT_EVENTS = "SELECT count(*) FROM events"
+
 # --- The sequencer (see schema.sql, "The ledger log", for why it reads in this order) ---
 
 LOCK_CURSOR = """

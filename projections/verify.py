@@ -67,6 +67,7 @@ async def verify_ledger(
     trusted_keys: Sequence[Ed25519PublicKey] | None = None,
     jobs: int = 1,
     database_url: str | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> VerifyReport:
     """Run every check; the report lists each finding (empty when the ledger is sound).
 
@@ -74,7 +75,9 @@ async def verify_ledger(
     evidence is checked (chains, log, triggers, seals). `trusted_keys`: the public keys a
     seal may be signed with; None skips the seals. `jobs` > 1 (0: as many as the machine
     has cores, for a large ledger) splits the streams into ranges checked by that many
-    worker processes, all in the same snapshot; it needs `database_url`."""
+    worker processes, all in the same snapshot; it needs `database_url`. `progress`, if
+    given, is called with the number of events just hashed (per chunk; per range of
+    streams when worker processes check them)."""
     started = time.monotonic()
     report = VerifyReport()
     async with contextlib.AsyncExitStack() as stack:
@@ -98,12 +101,14 @@ async def verify_ledger(
                 applications = await _in_snapshot(stack, open_connection, snapshot)
                 history = await _in_snapshot(stack, open_connection, snapshot)
                 results = [
-                    await _check_streams(events, applications, history, read_models, ranges[0])
+                    await _check_streams(
+                        events, applications, history, read_models, ranges[0], progress
+                    )
                 ]
             else:
                 assert database_url is not None
                 results = await _check_ranges_in_processes(
-                    database_url, snapshot, ranges, read_models
+                    database_url, snapshot, ranges, read_models, progress
                 )
         finally:
             await asyncio.wait(side_checks)
@@ -165,21 +170,29 @@ async def stream_ranges(connection: Connection, jobs: int) -> list[StreamRange]:
 
 
 async def _check_ranges_in_processes(
-    url: str, snapshot: str, ranges: list[StreamRange], read_models: bool
+    url: str,
+    snapshot: str,
+    ranges: list[StreamRange],
+    read_models: bool,
+    progress: Callable[[int], None] | None = None,
 ) -> list[tuple[dict[str, int], list[Finding]]]:
     loop = asyncio.get_running_loop()
     context = multiprocessing.get_context("spawn")  # no inherited event loop or sockets
+
+    def range_done(future: asyncio.Future[tuple[dict[str, int], list[Finding]]]) -> None:
+        if progress is not None and not future.cancelled() and future.exception() is None:
+            progress(future.result()[0]["events"])
+
     with ProcessPoolExecutor(max_workers=len(ranges), mp_context=context) as workers:
-        return list(
-            await asyncio.gather(
-                *(
-                    loop.run_in_executor(
-                        workers, check_range_in_process, url, snapshot, stream_range, read_models
-                    )
-                    for stream_range in ranges
-                )
+        checks = [
+            loop.run_in_executor(
+                workers, check_range_in_process, url, snapshot, stream_range, read_models
             )
-        )
+            for stream_range in ranges
+        ]
+        for check in checks:
+            check.add_done_callback(range_done)
+        return list(await asyncio.gather(*checks))
 
 
 def check_range_in_process(
@@ -269,6 +282,7 @@ async def _check_streams(
     history: Connection,
     read_models: bool,
     stream_range: StreamRange,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, int], list[Finding]]:
     """Hash every stream of the range (and fold it into read-model rows to compare);
     the counts and the findings."""
@@ -362,6 +376,8 @@ async def _check_streams(
                             )
                         )
             count += len(rows)
+            if progress is not None:
+                progress(len(rows))
         if folding:
             await merge.compare(current, stream, findings)
         if read_models:

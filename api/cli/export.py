@@ -8,19 +8,21 @@ usage error (malformed or unknown application id, unreadable key, output file).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections.abc import Sequence
+from enum import StrEnum
 from pathlib import Path
-from typing import TextIO
+from typing import Annotated, TextIO
 from uuid import UUID
 
 import asyncpg
+import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from api.cli.common import VerboseOption, exits, settings_from_env
 from api.service.embedded import database_url
-from api.service.records import DecisionRecord, read_decision_record, render
+from api.service.records import DecisionRecord, Format, read_decision_record, render
 from api.service.settings import Settings
 from ledger.db import connect
 from ledger.signing import SigningKeyError, read_public_key
@@ -28,25 +30,6 @@ from ledger.signing import SigningKeyError, read_public_key
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
-
-
-def add_export_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    export = commands.add_parser(
-        "export",
-        help="write the decision record of one application (JSON or an HTML report)",
-        description="Write the full decision record of one application: every event with "
-        "its hashes, the score, decisions and reasons, and the record's verification. Exit "
-        "1 when the verification finds a problem, 2 on a usage error.",
-    )
-    export.add_argument("--application", metavar="ID", required=True, help="its uuid")
-    export.add_argument("--format", choices=["json", "html"], default="json")
-    export.add_argument("--output", metavar="FILE", type=Path, help="default: stdout")
-    export.add_argument(
-        "--public-key",
-        metavar="PEM",
-        type=Path,
-        help="the key seals are verified with (default: the configured signing key's)",
-    )
 
 
 async def export_record(
@@ -59,21 +42,62 @@ async def export_record(
         await connection.close()
 
 
+class OutputFormat(StrEnum):
+    JSON = "json"
+    HTML = "html"
+
+
+@exits
+def export_command(
+    application: Annotated[str, typer.Option(metavar="ID", help="The application's uuid.")],
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="JSON, or a self-contained HTML report.")
+    ] = OutputFormat.JSON,
+    output: Annotated[Path | None, typer.Option(metavar="FILE", help="Default: stdout.")] = None,
+    public_key: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="PEM",
+            help="The key seals are verified with (default: the configured signing key's).",
+        ),
+    ] = None,
+    verbose: VerboseOption = False,
+) -> int:
+    """Write the decision record of one application (JSON or an HTML report).
+
+    The full record: every event with its hashes, the score, decisions and reasons, and the
+    record's verification. Exit 0 written and verified, 1 written but the verification found
+    a problem, 2 usage error.
+    """
+    settings = settings_from_env(verbose)
+    return run_export(
+        settings,
+        application=application,
+        output_format="html" if output_format is OutputFormat.HTML else "json",
+        output=output,
+        public_key=public_key,
+    )
+
+
 def run_export(
     settings: Settings,
-    args: argparse.Namespace,
+    *,
+    application: str,
+    output_format: Format = "json",
+    output: Path | None = None,
+    public_key: Path | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
 ) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     try:
-        application_id = UUID(args.application)
+        application_id = UUID(application)
     except ValueError:
-        err.write(f"lending-ledger export: not an application id: {args.application}\n")
+        err.write(f"lending-ledger export: not an application id: {application}\n")
         return EXIT_USAGE
     try:
-        if args.public_key is not None:
-            public_keys = [read_public_key(args.public_key)]
+        if public_key is not None:
+            public_keys = [read_public_key(public_key)]
         elif settings.signing_key_path.exists():
             public_keys = [read_public_key(settings.signing_key_path)]
         else:
@@ -90,14 +114,14 @@ def run_export(
     if record is None:
         err.write(f"lending-ledger export: no application {application_id}\n")
         return EXIT_USAGE
-    body = render(record, args.format)
-    if args.output is None:
+    body = render(record, output_format)
+    if output is None:
         out.write(body.decode("utf-8"))
         out.flush()
     else:
         try:
-            args.output.write_bytes(body)
+            output.write_bytes(body)
         except OSError as error:
-            err.write(f"lending-ledger export: cannot write {args.output}: {error}\n")
+            err.write(f"lending-ledger export: cannot write {output}: {error}\n")
             return EXIT_USAGE
     return EXIT_OK if record.verification.ok else EXIT_FINDINGS

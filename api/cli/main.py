@@ -1,26 +1,44 @@
-"""`lending-ledger`: serve the API, apply the schema."""
+"""`lending-ledger`: the command line (typer). Serves the API, applies the schema, and
+gathers the commands of the other api/cli modules; docs/operations.md documents them all."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import logging
 import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from enum import StrEnum
 from types import FrameType
+from typing import Annotated
 
-from api.cli.export import add_export_parser, run_export
-from api.cli.importing import add_import_parser, run_import
-from api.cli.keys import add_keys_parser, prepare_to_serve, run_keys
-from api.cli.maintenance import add_maintenance_parsers, run_catch_up, run_rebuild, run_verify
-from api.cli.rescore import add_rescore_parser, run_rescore
-from api.cli.seal import add_seal_parser, run_seal
+import typer
+
+from api.cli.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    OUTCOME,
+    PROG,
+    JsonOption,
+    Outcome,
+    VerboseOption,
+    configure_logging,
+    exits,
+    fail,
+    settings_from_env,
+    write_json,
+)
+from api.cli.export import export_command
+from api.cli.importing import import_command
+from api.cli.keys import keys_app, prepare_to_serve
+from api.cli.maintenance import catch_up_command, rebuild_command, verify_command
+from api.cli.rescore import rescore_command
+from api.cli.seal import seal_command
 from api.service.access import StartupRefused
 from api.service.embedded import database_url
-from api.service.settings import ConfigurationError, Settings
+from api.service.settings import Settings
 from api.web.server import run
 from ledger.db import connect
 from ledger.schema import apply_schema, schema_path
@@ -58,15 +76,77 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-def _serve(settings: Settings, args: argparse.Namespace) -> int:
-    host = args.host or settings.host
-    port = settings.port if args.port is None else args.port
-    workers = args.workers or settings.workers
+app = typer.Typer(
+    name=PROG,
+    help="Event-sourced lending ledger. Uses DATABASE_URL, or an embedded PostgreSQL under "
+    "LEDGER_DATA_DIR when DATABASE_URL is unset.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose",
+            "-v",
+            help="Also log at INFO on stderr (any command; the command's own -v too).",
+        ),
+    ] = False,
+) -> None:
+    """Event-sourced lending ledger. Uses DATABASE_URL, or an embedded PostgreSQL under
+    LEDGER_DATA_DIR when DATABASE_URL is unset."""
+    configure_logging(verbose, serving=ctx.invoked_subcommand == "serve")
+
+
+class UvicornLogLevel(StrEnum):
+    CRITICAL = "critical"
+    ERROR = "error"
+    WARNING = "warning"
+    INFO = "info"
+    DEBUG = "debug"
+
+
+@app.command("serve")
+@exits
+def serve_command(
+    host: Annotated[
+        str | None, typer.Option(help="Bind address (LEDGER_HOST, default 127.0.0.1).")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="Port (LEDGER_PORT, default 8000).")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Worker processes (LEDGER_WORKERS, default 1).")
+    ] = None,
+    log_level: Annotated[
+        UvicornLogLevel, typer.Option(help="uvicorn's log level.")
+    ] = UvicornLogLevel.INFO,
+    verbose: VerboseOption = False,
+) -> int:
+    """Run the HTTP API (uvicorn). Exit 0 after a clean stop, 1 refused to start."""
+    settings = settings_from_env(verbose, serving=True)
+    if workers is not None and workers < 1:
+        fail("--workers must be at least 1")
+        return EXIT_USAGE
+    return _serve(settings, host=host, port=port, workers=workers, log_level=log_level.value)
+
+
+def _serve(
+    settings: Settings, *, host: str | None, port: int | None, workers: int | None, log_level: str
+) -> int:
+    host = host or settings.host
+    port = settings.port if port is None else port
+    workers = workers or settings.workers
     try:  # here, once, before any worker starts (workers would also create it, race-free)
         load_or_create_signing_key(settings.signing_key_path)
     except SigningKeyError as error:
-        print(f"lending-ledger: signing key: {error}", file=sys.stderr)
-        return 2
+        fail(f"signing key: {error}")
+        return EXIT_USAGE
     started = True  # a SIGINT/SIGTERM ends serving normally, wherever it arrives
     with stop_on_signals(), database_url(settings.database_url, settings.data_dir) as url:
         if settings.database_url is None:
@@ -75,7 +155,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             url = prepare_to_serve(settings, url)
         except StartupRefused as refused:
             print(f"lending-ledger: refusing to start: {refused}", file=sys.stderr, flush=True)
-            return 1
+            return EXIT_FAILED
         # Every worker reads its settings from the environment: point them all at the one
         # database this parent process started (or was given).
         os.environ["DATABASE_URL"] = url
@@ -88,14 +168,14 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             host=host,
             port=port,
             workers=workers,
-            log_level=args.log_level,
+            log_level=log_level,
             timeout_graceful_shutdown=30,
         )
     if not started:
         print("lending-ledger: the server did not start (see the log above)", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     print("lending-ledger: stopped", flush=True)
-    return 0
+    return EXIT_OK
 
 
 async def _migrate(url: str) -> None:
@@ -106,67 +186,61 @@ async def _migrate(url: str) -> None:
         await connection.close()
 
 
-def _run_migrate(settings: Settings) -> int:
+@app.command("migrate")
+@exits
+def migrate_command(as_json: JsonOption = False, verbose: VerboseOption = False) -> int:
+    """Apply schema.sql (idempotent). With --json: {"schema": path, "applied": true}."""
+    settings = settings_from_env(verbose)
     with database_url(settings.database_url, settings.data_dir) as url:
         asyncio.run(_migrate(url))
-    print(f"lending-ledger: schema applied ({schema_path()})")
-    return 0
+    if as_json:
+        write_json({"schema": str(schema_path()), "applied": True})
+    else:
+        print(f"lending-ledger: schema applied ({schema_path()})")
+    return EXIT_OK
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lending-ledger",
-        description="Event-sourced lending ledger. Uses DATABASE_URL, or an embedded "
-        "PostgreSQL under LEDGER_DATA_DIR when DATABASE_URL is unset.",
-    )
-    commands = parser.add_subparsers(dest="command", required=True)
-    serve = commands.add_parser("serve", help="run the HTTP API")
-    serve.add_argument("--host", help="bind address (LEDGER_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (LEDGER_PORT, default 8000)")
-    serve.add_argument("--workers", type=int, help="worker processes (LEDGER_WORKERS, default 1)")
-    serve.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
-    )
-    commands.add_parser("migrate", help="apply schema.sql (idempotent)")
-    add_keys_parser(commands)
-    add_rescore_parser(commands)
-    add_export_parser(commands)
-    add_import_parser(commands)
-    add_seal_parser(commands)
-    add_maintenance_parsers(commands)
-    return parser
+app.add_typer(keys_app)
+app.command("seal")(seal_command)
+app.command("rebuild")(rebuild_command)
+app.command("catch-up")(catch_up_command)
+app.command("verify")(verify_command)
+app.command("rescore")(rescore_command)
+app.command("import")(import_command)
+app.command("export")(export_command)
+
+COMMANDS = (
+    "serve",
+    "migrate",
+    "keys",
+    "seal",
+    "rebuild",
+    "catch-up",
+    "verify",
+    "rescore",
+    "import",
+    "export",
+)
+"""Every command, as `--help` lists them (tests/unit/test_cli.py holds the two together)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    """Run `lending-ledger ARGV` (default: sys.argv[1:]) and return the command's exit code.
+
+    Usage errors found by the parser (and --help) raise SystemExit, as argparse did: code 2
+    with the message on stderr (0 for --help)."""
+    outcome = Outcome()
+    token = OUTCOME.set(outcome)
     try:
-        settings = Settings.from_env()
-    except ConfigurationError as error:
-        print(f"lending-ledger: configuration error: {error}", file=sys.stderr)
-        return 2
-    if args.command == "serve":
-        if args.workers is not None and args.workers < 1:
-            print("lending-ledger: --workers must be at least 1", file=sys.stderr)
-            return 2
-        return _serve(settings, args)
-    if args.command == "keys":
-        return run_keys(settings, args)
-    if args.command == "rescore":
-        return run_rescore(settings, args)
-    if args.command == "export":
-        return run_export(settings, args)
-    if args.command == "seal":
-        return run_seal(settings, args)
-    if args.command == "import":
-        return run_import(settings, args)
-    if args.command == "rebuild":
-        return run_rebuild(settings, args)
-    if args.command == "catch-up":
-        return run_catch_up(settings, args)
-    if args.command == "verify":
-        return run_verify(settings, args)
-    return _run_migrate(settings)
+        typer.main.get_command(app).main(
+            args=None if argv is None else list(argv), prog_name=PROG, standalone_mode=True
+        )
+    except SystemExit:
+        if outcome.code is None:
+            raise
+    finally:
+        OUTCOME.reset(token)
+    return EXIT_OK if outcome.code is None else outcome.code
 
 
 if __name__ == "__main__":

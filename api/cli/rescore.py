@@ -8,19 +8,23 @@ does it (`ledger.reconstruction`); every non-match is reported in full, then one
 
 Exit codes: 0 every score matched, 1 any score did not (mismatch, unknown model, fingerprint
 mismatch, refused inputs, unreadable event), 2 a usage error (a malformed or unknown
-application id).
+application id) or a database that cannot be read.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import TextIO
+from typing import Annotated, TextIO
 from uuid import UUID
 
+import asyncpg
+import typer
+
+from api.cli.common import JsonOption, ProgressOption, VerboseOption, exits, settings_from_env
+from api.cli.progress import Tracker, tracking
 from api.jsonio import dumps, to_plain
 from api.service.audit_models import RescoreSummary, ScoreReconstruction
 from api.service.embedded import database_url
@@ -47,19 +51,6 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
 SCORE_EVENT_TYPES = [ApplicationScored.event_type, ApplicationDecided.event_type]
-
-
-def add_rescore_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    rescore = commands.add_parser(
-        "rescore",
-        help="recompute recorded scores with the model version they name and compare",
-        description="Recompute recorded scores with the model version each names; report "
-        "every one that does not match and a summary. Exit 1 on any non-match.",
-    )
-    which = rescore.add_mutually_exclusive_group(required=True)
-    which.add_argument("--all", action="store_true", help="every application")
-    which.add_argument("--application", metavar="ID", help="one application (its uuid)")
-    rescore.add_argument("--json", action="store_true", help="one JSON document on stdout")
 
 
 class RescoreReport:
@@ -127,12 +118,18 @@ async def rescore(
     *,
     application_id: UUID | None = None,
     as_json: bool = False,
-    out: TextIO = sys.stdout,
-    err: TextIO = sys.stderr,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
     models: Mapping[str, ScoringModel] = MODELS,
     prefetch: int = 500,
+    tracker: Tracker | None = None,
 ) -> int:
-    """Check one application's scores, or every score in the ledger; return the exit code."""
+    """Check one application's scores, or every score in the ledger; return the exit code.
+
+    `tracker` (--all only): told the number of score and decision events first, then each
+    stream's as it is checked. `out` and `err`: default sys.stdout and sys.stderr, as they are
+    when it is called."""
+    out, err = out or sys.stdout, err or sys.stderr
     connection = await connect(url)
     try:
         if application_id is not None:
@@ -146,6 +143,9 @@ async def rescore(
 
         report = RescoreReport(out, as_json)
         async with connection.transaction(isolation="repeatable_read", readonly=True):
+            if tracker is not None:
+                total = await connection.fetchval(sql.COUNT_SCORE_EVENTS, SCORE_EVENT_TYPES)
+                tracker.update(0, total)
             stream: list[RecordedEvent] = []
             cursor = connection.cursor(
                 sql.SELECT_SCORE_EVENTS, SCORE_EVENT_TYPES, prefetch=prefetch
@@ -154,21 +154,65 @@ async def rescore(
                 event = recorded_event_from_row(row)
                 if stream and event.stream_id != stream[0].stream_id:
                     report.add(reconstruct_stream(stream, models))
+                    if tracker is not None:
+                        tracker.advance(len(stream))
                     stream = []
                 stream.append(event)
             report.add(reconstruct_stream(stream, models))
+            if tracker is not None:
+                tracker.advance(len(stream))
         return report.finish()
     finally:
         await connection.close()
 
 
-def run_rescore(settings: Settings, args: argparse.Namespace) -> int:
+@exits
+def rescore_command(
+    all_applications: Annotated[
+        bool, typer.Option("--all", help="Every application (one consistent snapshot).")
+    ] = False,
+    application: Annotated[
+        str | None, typer.Option(metavar="ID", help="One application (its uuid).")
+    ] = None,
+    as_json: JsonOption = False,
+    progress: ProgressOption = None,
+    verbose: VerboseOption = False,
+) -> int:
+    """Recompute recorded scores with the model version each names and compare.
+
+    Reports every score that does not match, then a summary. Exactly one of --all and
+    --application. With --json: {"findings": [...], "summary": {...}}. Exit 0 every score
+    matched, 1 any did not, 2 usage error.
+    """
+    if all_applications == (application is not None):
+        sys.stderr.write("lending-ledger rescore: give exactly one of --all and --application\n")
+        return EXIT_USAGE
+    settings = settings_from_env(verbose)
+    return run_rescore(settings, application, as_json=as_json, progress=progress)
+
+
+def run_rescore(
+    settings: Settings,
+    application: str | None,
+    *,
+    as_json: bool = False,
+    progress: bool | None = None,
+) -> int:
     application_id = None
-    if args.application is not None:
+    if application is not None:
         try:
-            application_id = UUID(args.application)
+            application_id = UUID(application)
         except ValueError:
-            sys.stderr.write(f"lending-ledger rescore: not an application id: {args.application}\n")
+            sys.stderr.write(f"lending-ledger rescore: not an application id: {application}\n")
             return EXIT_USAGE
     with database_url(settings.database_url, settings.data_dir) as url:
-        return asyncio.run(rescore(url, application_id=application_id, as_json=args.json))
+        try:
+            if application_id is not None:
+                return asyncio.run(rescore(url, application_id=application_id, as_json=as_json))
+            with tracking("rescore", option=progress) as tracker:
+                return asyncio.run(
+                    rescore(url, as_json=as_json, tracker=None if progress is False else tracker)
+                )
+        except (OSError, asyncpg.PostgresError) as error:
+            sys.stderr.write(f"lending-ledger rescore: could not read the database: {error}\n")
+            return EXIT_USAGE

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -251,12 +251,15 @@ async def import_checked_file(
     actor: str,
     batch_size: int,
     not_after: datetime,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int, int]:
     """The second pass over a file whose check found no refused line.
 
     Returns (applications recorded, events recorded, applications already present).
     Batch k+1 is prepared (parsed, decided, hashed) in a thread while the event loop has
     the database write batch k: the server's work overlaps with this process's.
+    `progress`, if given, is called with the number of applications of each batch written
+    (recorded now or already present).
     """
     digest = hashlib.sha256()
     written: list[BatchWritten] = []
@@ -279,6 +282,8 @@ async def import_checked_file(
                 batch = await asyncio.to_thread(next, batches, None)
                 written.append(await writing)
                 writing = None
+                if progress is not None:
+                    progress(written[-1].applications + written[-1].already_present)
     finally:
         if writing is not None:  # stopped by an error: the batch in flight rolls back
             writing.cancel()
@@ -301,8 +306,10 @@ async def import_file(
     actor: str = DEFAULT_ACTOR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     check_only: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
-    """Check the whole file, then (unless a line is refused, or `check_only`) import it."""
+    """Check the whole file, then (unless a line is refused, or `check_only`) import it.
+    `progress`: called with the applications of each batch written (import_checked_file)."""
     started = time.perf_counter()
     not_after = datetime.now(UTC)
     check = await asyncio.to_thread(check_file, path, not_after)
@@ -319,6 +326,7 @@ async def import_file(
                 actor=actor,
                 batch_size=batch_size,
                 not_after=not_after,
+                progress=progress,
             )
         finally:
             await connection.close()
