@@ -4,9 +4,9 @@ Each calls the product's own code, so the figure is what an operator gets:
 
 - bulk import: `api.service.importer.import_file` (`lending-ledger import`), timed whole (the
   checking pass included);
-- rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection
-  (the applications projection folds set-based in PostgreSQL, a window of
-  `batch_size * 10` seqs per statement);
+- rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection,
+  swap included (the applications projection's shadow is built set-based in PostgreSQL,
+  one statement per connection over the whole log, indexes after the load);
 - verify: `projections.verify.verify_ledger` as `lending-ledger verify --skip-read-models`
   runs it (hash chains, ledger log, triggers; the target's "hash chains verified"), and as
   plain `lending-ledger verify` (the read models folded and compared too). A reference:
@@ -158,12 +158,19 @@ async def verify_command(url: str, events: int, *, read_models: bool) -> RateFig
 
 
 async def rebuild_all(url: str, events: int, batch_size: int) -> RateFigure:
-    """Every projection rebuilt from the log and swapped in, as `lending-ledger rebuild`."""
+    """Every projection rebuilt from the log and swapped in, as `lending-ledger rebuild`
+    runs it (the bulk build over one connection per core)."""
+
+    async def open_connection() -> Connection:
+        return await connect(url)
+
     connection = await connect(url)
     try:
         started = time.perf_counter()
         results = [
-            await rebuild(connection, projector, batch_size=batch_size)
+            await rebuild(
+                connection, projector, batch_size=batch_size, open_connection=open_connection
+            )
             for projector in all_projectors()
         ]
         seconds = time.perf_counter() - started

@@ -152,6 +152,9 @@ async def _rebuild_all(
     out: TextIO,
     err: TextIO,
 ) -> int:
+    async def open_connection() -> Connection:
+        return await connect(url)
+
     connection = await connect(url)
     try:
         for projector in projectors:
@@ -170,6 +173,7 @@ async def _rebuild_all(
                     batch_size=args.batch_size,
                     lock_timeout=args.lock_timeout,
                     on_progress=progress,
+                    open_connection=open_connection,
                 )
             except RebuildInProgress as busy:
                 err.write(f"lending-ledger: {busy.detail}\n")
