@@ -17,7 +17,7 @@ import asyncpg
 
 from ledger.db import Connection
 from ledger.events import RecordedEvent
-from ledger.store import read_feed
+from ledger.store import read_feed, recorded_event_from_row
 from projections import rebuild_sql, sql
 from projections.applications import ApplicationsProjector
 
@@ -49,6 +49,8 @@ class SetBasedProjector(Projector, Protocol):
         part: int = 0,
     ) -> list[RecordedEvent]: ...
 
+    async def fold_own_transaction(self, connection: Connection) -> list[RecordedEvent]: ...
+
 
 INLINE_PROJECTORS: tuple[Projector, ...] = (ApplicationsProjector(),)
 """Written in every append transaction; the runner only rebuilds them."""
@@ -74,6 +76,25 @@ async def project_inline(connection: Connection, events: Sequence[RecordedEvent]
     """Run every built-in projector on freshly appended events, in the caller's transaction."""
     for projector in INLINE_PROJECTORS:
         await projector.apply(connection, events)
+
+
+async def project_new_streams(connection: Connection) -> None:
+    """Run every built-in projector on the events the connection's current transaction
+    appended, all of them streams begun in it (a bulk import's batch): set-based where the
+    projector can (the streams it leaves go to its `apply`), else `apply` on the events."""
+    events: list[RecordedEvent] | None = None
+    for projector in INLINE_PROJECTORS:
+        if isinstance(projector, SetBasedProjector):
+            left = await projector.fold_own_transaction(connection)
+            if left:
+                await projector.apply(connection, left)
+        else:
+            if events is None:
+                events = [
+                    recorded_event_from_row(row)
+                    for row in await connection.fetch(sql.SELECT_OWN_TRANSACTION_EVENTS)
+                ]
+            await projector.apply(connection, events)
 
 
 class ProjectionFailed(Exception):

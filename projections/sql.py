@@ -516,3 +516,12 @@ SET_LOCAL = "SELECT set_config($1, $2, true)"
 SELECT_CURSOR = """
 SELECT last_transaction_id, last_position, last_seq FROM public.ledger_cursor
 """
+
+# The events the current transaction appended, in stream order (a bulk import's batch).
+SELECT_OWN_TRANSACTION_EVENTS = """
+SELECT e.position, NULL::bigint AS seq, e.stream_id, e.stream_version, e.event_id,
+       e.event_type, e.schema_version, e.data, e.metadata, e.recorded_at, e.prev_hash, e.hash
+FROM public.events e
+WHERE e.transaction_id = pg_current_xact_id()
+ORDER BY e.stream_id, e.stream_version
+"""
