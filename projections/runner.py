@@ -78,11 +78,16 @@ async def project_inline(connection: Connection, events: Sequence[RecordedEvent]
         await projector.apply(connection, events)
 
 
+NEW_STREAMS_WORK_MEM = "256MB"
+
+
 async def project_new_streams(connection: Connection) -> None:
     """Run every built-in projector on the events the connection's current transaction
     appended, all of them streams begun in it (a bulk import's batch): set-based where the
     projector can (the streams it leaves go to its `apply`), else `apply` on the events."""
     events: list[RecordedEvent] | None = None
+    # The set-based fold's sort and materialised steps stay in memory (this transaction only).
+    await connection.execute(sql.SET_LOCAL, "work_mem", NEW_STREAMS_WORK_MEM)
     for projector in INLINE_PROJECTORS:
         if isinstance(projector, SetBasedProjector):
             left = await projector.fold_own_transaction(connection)

@@ -154,6 +154,9 @@ STREAMING_FROM_UNHASHED = 10_000
 `events.hashed`), every stream is checked by the streaming check instead."""
 
 
+SET_BASED_WORK_MEM = "1GB"
+
+
 def _connections_for(jobs: int) -> int:
     return min(MAX_JOBS, jobs if jobs >= 1 else (os.cpu_count() or 1))
 
@@ -200,6 +203,8 @@ async def _check_set_based(
 async def _check_part(
     connection: Connection, parts: int, part: int, read_models: bool
 ) -> _PartFound:
+    # The sorts and the fold's materialised steps stay in memory (this transaction only).
+    await connection.execute(sql.SET_LOCAL, "work_mem", SET_BASED_WORK_MEM)
     try:
         async with connection.transaction():  # a savepoint: the snapshot outlives a failure
             row = await connection.fetchrow(verify_sql.CHAIN_SUSPECTS, part, parts)
