@@ -71,6 +71,10 @@ DEFAULT_BATCH_SIZE = 10_000
 CHUNK_LINES = 2_000
 """Lines per task of a worker process."""
 
+CHUNKS_AHEAD = 16
+"""Chunks given to the worker processes ahead of the one being consumed: more than a batch,
+so they keep working while this process writes one."""
+
 PARALLEL_FROM_BYTES = 1_000_000
 """Files from this size are parsed and prepared in worker processes (one per core with
 `jobs=0`); below it, starting them costs more than they save."""
@@ -314,7 +318,7 @@ async def _in_order(
             yield work(chunk, *args)
             await asyncio.sleep(0)
         return
-    ahead = 4 * (os.cpu_count() or 1)
+    ahead = CHUNKS_AHEAD
     pending: list[asyncio.Future[Any]] = []
     try:
         for chunk in chunks:
