@@ -37,6 +37,12 @@ CREATE TABLE IF NOT EXISTS events (
     CONSTRAINT events_stream_version_unique UNIQUE (stream_id, stream_version)
 );
 
+-- The exact canonical bytes the hash covers (docs/architecture.md, "Canonical encoding and
+-- the hash chain"), written with the event: verify checks sha256(hashed) = hash and that the
+-- columns say what these bytes say, set-based, without encoding anything again. NULL for
+-- events written before the column existed (verify encodes those from their columns).
+ALTER TABLE events ADD COLUMN IF NOT EXISTS hashed bytea;
+
 -- The sequencer reads in (transaction_id, position) order.
 CREATE INDEX IF NOT EXISTS events_transaction_order ON events (transaction_id, position);
 

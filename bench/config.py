@@ -39,7 +39,7 @@ class BenchConfig:
     applications_per_history_applicant: int = 3
     events: int = 1_000_000  # verify and rebuild
     import_applications: int = 1_000_000
-    import_batch_size: int = 2_000
+    import_batch_size: int = 10_000
     rebuild_batch_size: int = 2_000
     client_processes: int = 1
     pool_size: int = 10

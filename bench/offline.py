@@ -4,14 +4,14 @@ Each calls the product's own code, so the figure is what an operator gets:
 
 - bulk import: `api.service.importer.import_file` (`lending-ledger import`), timed whole (the
   checking pass included);
-- rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection
-  (the applications projection folds set-based in PostgreSQL, a window of
-  `batch_size * 10` seqs per statement);
-- verify: `projections.verify.verify_ledger` as `lending-ledger verify --skip-read-models`
-  runs it (hash chains, ledger log, triggers; the target's "hash chains verified"), and as
-  plain `lending-ledger verify` (the read models folded and compared too). A reference:
-  the chains alone in one process, every event through a server-side cursor and
-  `ledger.chain.verify_stream`.
+- rebuild: `projections.rebuild.rebuild` (`lending-ledger rebuild`) for every projection,
+  swap included (the applications projection's shadow is built set-based in PostgreSQL,
+  one statement per connection over the whole log, indexes after the load);
+- verify: `projections.verify.verify_ledger` as plain `lending-ledger verify` runs it, in
+  full: hash chains, ledger log, triggers, read models and a seal over the whole log
+  (`bench_seal` signs one first, not timed; its public key is the trusted key). References:
+  `verify --skip-read-models`, and the chains alone in one process, every event through a
+  server-side cursor and `ledger.chain.verify_stream`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from ledger.chain import verify_stream
 from ledger.db import Connection, connect
 from ledger.events import RecordedEvent
 from ledger.scoring import get_model
+from ledger.seals import create_seal, system_clock
 from ledger.sequencer import sequence_all
+from ledger.signing import SigningKey
 from ledger.store import recorded_event_from_row
 from projections.rebuild import rebuild
 from projections.runner import all_projectors
@@ -134,22 +136,43 @@ async def verify_chains(url: str, prefetch: int = 10_000) -> RateFigure:
     )
 
 
-async def verify_command(url: str, events: int, *, read_models: bool) -> RateFigure:
-    """`lending-ledger verify` as the command runs it (worker processes chosen as the CLI
-    does: one per core from 200,000 events). With `read_models=False` it is `verify
-    --skip-read-models`: the tamper evidence (chains, ledger log, triggers) only."""
+async def bench_seal(url: str) -> SigningKey:
+    """A seal over the whole log, signed by a fresh key (not timed): verify checks it."""
+    key = SigningKey.generate()
+    connection = await connect(url)
+    try:
+        async with connection.transaction():
+            await create_seal(connection, key, system_clock)
+    finally:
+        await connection.close()
+    return key
+
+
+async def verify_command(
+    url: str, events: int, *, read_models: bool, key: SigningKey | None = None
+) -> RateFigure:
+    """`lending-ledger verify` as the command runs it (one connection per core, each
+    checking a part of the streams in the shared snapshot). With `read_models=False` it is
+    `verify --skip-read-models`: the tamper evidence (chains, ledger log, triggers) only.
+    With `key`, the seals are checked against its public key."""
 
     async def open_connection() -> Connection:
         return await connect(url)
 
     started = time.perf_counter()
-    report = await verify_ledger(open_connection, read_models=read_models, jobs=0, database_url=url)
+    report = await verify_ledger(
+        open_connection,
+        read_models=read_models,
+        trusted_keys=None if key is None else [key.public_key],
+        jobs=0,
+        database_url=url,
+    )
     seconds = time.perf_counter() - started
     if not report.ok:
         raise RuntimeError(f"verify found problems in the bench's own data: {report.to_json()}")
     flags = "" if read_models else " --skip-read-models"
     return rate_figure(
-        "verify" if not read_models else "verify_read_models",
+        "verify" if read_models else "verify_skip_read_models",
         events,
         seconds,
         f"projections.verify.verify_ledger (lending-ledger verify{flags})",
@@ -158,12 +181,19 @@ async def verify_command(url: str, events: int, *, read_models: bool) -> RateFig
 
 
 async def rebuild_all(url: str, events: int, batch_size: int) -> RateFigure:
-    """Every projection rebuilt from the log and swapped in, as `lending-ledger rebuild`."""
+    """Every projection rebuilt from the log and swapped in, as `lending-ledger rebuild`
+    runs it (the bulk build over one connection per core)."""
+
+    async def open_connection() -> Connection:
+        return await connect(url)
+
     connection = await connect(url)
     try:
         started = time.perf_counter()
         results = [
-            await rebuild(connection, projector, batch_size=batch_size)
+            await rebuild(
+                connection, projector, batch_size=batch_size, open_connection=open_connection
+            )
             for projector in all_projectors()
         ]
         seconds = time.perf_counter() - started

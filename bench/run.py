@@ -414,13 +414,16 @@ class Run:
             )
             self.references["sequence"] = asdict(await offline.sequence_everything(url))
             events = await offline.count_events(url)
+            key = await offline.bench_seal(url)
             logger.info("replay: verify (%d events)", events)
+            self.rates["verify"] = await offline.verify_command(
+                url, events, read_models=True, key=key
+            )
+            self.references["verify_skip_read_models"] = asdict(
+                await offline.verify_command(url, events, read_models=False)
+            )
             chains = await offline.verify_chains(url)
             self.references["verify_chains"] = asdict(chains)
-            self.rates["verify"] = await offline.verify_command(url, events, read_models=False)
-            self.references["verify_read_models"] = asdict(
-                await offline.verify_command(url, events, read_models=True)
-            )
             logger.info("replay: rebuild")
             self.rates["rebuild"] = await offline.rebuild_all(
                 url, events, config.rebuild_batch_size

@@ -65,7 +65,11 @@ def format_timestamp(moment: datetime) -> str:
     """A recorded time as it enters the hash: UTC, microseconds, `Z` suffix."""
     if moment.tzinfo is None:
         raise ValueError("recorded times must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    utc = moment.astimezone(UTC)
+    if utc.year < 1000:  # strftime writes such years with fewer than four digits
+        return utc.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # The same text as that strftime, several times faster (every event is hashed here).
+    return utc.isoformat(timespec="microseconds")[:-6] + "Z"
 
 
 def envelope_for_hashing(

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from ledger.canonical import GENESIS_HASH, envelope_for_hashing, event_hash
+from ledger.canonical import GENESIS_HASH, canonical_bytes, envelope_for_hashing, event_hash
 from ledger.events import NewEvent, RecordedEvent
 
 
@@ -61,6 +62,35 @@ def _hash_of_envelope(
     )
 
 
+def hash_and_bytes(
+    stream_id: str,
+    stream_version: int,
+    event_id: UUID,
+    event_type: str,
+    schema_version: int,
+    data: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    recorded_at: datetime,
+    prev_hash: bytes,
+) -> tuple[bytes, bytes]:
+    """(SHA-256, canonical bytes) of an envelope: the hash, and exactly the bytes it covers
+    (stored beside the event as `events.hashed`, so verify hashes them without encoding)."""
+    encoded = canonical_bytes(
+        envelope_for_hashing(
+            stream_id=stream_id,
+            stream_version=stream_version,
+            event_id=str(event_id),
+            event_type=event_type,
+            schema_version=schema_version,
+            data=data,
+            metadata=metadata,
+            recorded_at=recorded_at,
+            prev_hash=prev_hash,
+        )
+    )
+    return hashlib.sha256(encoded).digest(), encoded
+
+
 def chain_new_events(
     stream_id: str,
     expected_version: int,
@@ -74,11 +104,25 @@ def chain_new_events(
     `position` is 0 and `seq` None: the database assigns them after the hash is computed.
     The store's append and the bulk import both chain events here, so they hash alike.
     """
+    return chain_new_events_hashed(stream_id, expected_version, prev_hash, new_events, recorded_at)[
+        0
+    ]
+
+
+def chain_new_events_hashed(
+    stream_id: str,
+    expected_version: int,
+    prev_hash: bytes,
+    new_events: Sequence[NewEvent],
+    recorded_at: datetime,
+) -> tuple[list[RecordedEvent], list[bytes]]:
+    """`chain_new_events`, with the canonical bytes each hash covers (for `events.hashed`)."""
     events: list[RecordedEvent] = []
+    encoded: list[bytes] = []
     for version, new in enumerate(new_events, start=expected_version + 1):
         event_type, schema_version = new.event.event_type, new.event.schema_version
         data, metadata = new.event.to_data(), new.metadata.to_data()
-        digest = _hash_of_envelope(
+        digest, hashed = hash_and_bytes(
             stream_id,
             version,
             new.event_id,
@@ -89,6 +133,7 @@ def chain_new_events(
             recorded_at,
             prev_hash,
         )
+        encoded.append(hashed)
         events.append(
             RecordedEvent(
                 position=0,
@@ -106,7 +151,7 @@ def chain_new_events(
             )
         )
         prev_hash = digest
-    return events
+    return events, encoded
 
 
 def verify_stream(events: Iterable[RecordedEvent]) -> ChainBreak | None:

@@ -32,6 +32,34 @@ async def connect(dsn: str, *, statement_cache_size: int = 100) -> asyncpg.Conne
     return connection
 
 
+def _encode_jsonb_binary(value: Any) -> bytes:
+    """jsonb's binary form: a version byte, then the JSON text. `bytes` are taken as JSON
+    text already encoded (a bulk writer encodes once, where it has the values)."""
+    return b"\x01" + (value if type(value) is bytes else orjson.dumps(value))
+
+
+def _decode_jsonb_binary(data: bytes) -> Any:
+    return orjson.loads(memoryview(data)[1:])
+
+
+async def connect_for_copy(dsn: str) -> asyncpg.Connection:
+    """A connection whose jsonb codec is binary, as COPY needs (`copy_records_to_table`
+    has no text-format path), and takes already encoded JSON as `bytes`. For bulk writers
+    only: elsewhere jsonb goes through `connect`'s text codec."""
+    connection: asyncpg.Connection = await asyncpg.connect(dsn)
+    await connection.set_type_codec(
+        "json", encoder=_encode_json, decoder=orjson.loads, schema="pg_catalog"
+    )
+    await connection.set_type_codec(
+        "jsonb",
+        encoder=_encode_jsonb_binary,
+        decoder=_decode_jsonb_binary,
+        schema="pg_catalog",
+        format="binary",
+    )
+    return connection
+
+
 async def create_pool(
     dsn: str, *, min_size: int = 2, max_size: int = 10, statement_cache_size: int = 100
 ) -> asyncpg.Pool:

@@ -8,14 +8,16 @@ EVENT_COLUMNS = """
 """
 
 # Rows are inserted in stream-version order so positions increase along the stream.
+# `hashed`: the canonical bytes the hash covers (ledger.chain.hash_and_bytes).
 INSERT_EVENTS = """
 INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
-                    data, metadata, recorded_at, prev_hash, hash)
+                    data, metadata, recorded_at, prev_hash, hash, hashed)
 SELECT $1, u.stream_version, u.event_id, u.event_type, u.schema_version,
-       u.data, u.metadata, $2, u.prev_hash, u.hash
+       u.data, u.metadata, $2, u.prev_hash, u.hash, u.hashed
 FROM unnest($3::integer[], $4::uuid[], $5::text[], $6::integer[], $7::jsonb[], $8::jsonb[],
-            $9::bytea[], $10::bytea[])
-     AS u(stream_version, event_id, event_type, schema_version, data, metadata, prev_hash, hash)
+            $9::bytea[], $10::bytea[], $11::bytea[])
+     AS u(stream_version, event_id, event_type, schema_version, data, metadata, prev_hash, hash,
+          hashed)
 ORDER BY u.stream_version
 RETURNING position, stream_version
 """
@@ -34,6 +36,21 @@ FROM unnest($1::text[], $2::integer[], $3::uuid[], $4::text[], $5::integer[], $6
 ORDER BY u.n
 RETURNING position, event_id
 """
+
+# Bulk import by COPY (api/service/importer.py): the columns, in the order of its records.
+COPY_EVENT_COLUMNS = (
+    "stream_id",
+    "stream_version",
+    "event_id",
+    "event_type",
+    "schema_version",
+    "data",
+    "metadata",
+    "recorded_at",
+    "prev_hash",
+    "hash",
+    "hashed",
+)
 
 # Which of these streams have begun (their version 1 exists): one unique-index probe each.
 SELECT_EXISTING_STREAMS = """

@@ -13,7 +13,7 @@ import asyncpg
 
 from ledger import sql
 from ledger.canonical import GENESIS_HASH
-from ledger.chain import chain_new_events
+from ledger.chain import chain_new_events_hashed
 from ledger.db import Connection
 from ledger.errors import ConcurrencyConflict
 from ledger.events import NewEvent, RecordedEvent
@@ -71,7 +71,9 @@ async def append(
             raise ConcurrencyConflict(stream_id, expected_version)
 
     # Positions are assigned by the INSERT below; seq by the sequencer after the commit.
-    events = chain_new_events(stream_id, expected_version, prev_hash, new_events, recorded_at)
+    events, hashed = chain_new_events_hashed(
+        stream_id, expected_version, prev_hash, new_events, recorded_at
+    )
     try:
         rows = await connection.fetch(
             sql.INSERT_EVENTS,
@@ -85,6 +87,7 @@ async def append(
             [e.metadata for e in events],
             [e.prev_hash for e in events],
             [e.hash for e in events],
+            hashed,
         )
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version_unique":
@@ -121,13 +124,17 @@ async def append_new_streams(
         )
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version_unique":
-            # PostgreSQL names the conflicting key: "Key (stream_id, stream_version)=(s, 1)".
-            found = _CONFLICTING_STREAM.search(error.detail or "")
-            stream_id = found.group(1) if found else "one of the batch's streams"
-            raise ConcurrencyConflict(stream_id, 0) from None
+            raise ConcurrencyConflict(conflicting_stream(error), 0) from None
         raise
     positions = {row["event_id"]: row["position"] for row in rows}
     return [replace(e, position=positions[e.event_id]) for e in events]
+
+
+def conflicting_stream(error: asyncpg.UniqueViolationError) -> str:
+    """The stream a bulk insert found begun. PostgreSQL names the conflicting key:
+    "Key (stream_id, stream_version)=(s, 1)"."""
+    found = _CONFLICTING_STREAM.search(error.detail or "")
+    return found.group(1) if found else "one of the batch's streams"
 
 
 async def existing_streams(connection: Connection, stream_ids: Sequence[str]) -> set[str]:

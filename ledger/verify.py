@@ -132,6 +132,35 @@ def stored_envelope_hash(
     (`recorded_at` already formatted `YYYY-MM-DDTHH:MM:SS.ffffffZ`). The caller checks for
     floats first (`contains_float`): an envelope with one has no canonical bytes.
     """
+    return hashlib.sha256(
+        stored_envelope_bytes(
+            stream_id=stream_id,
+            stream_version=stream_version,
+            event_id=event_id,
+            event_type=event_type,
+            schema_version=schema_version,
+            data=data,
+            metadata=metadata,
+            recorded_at=recorded_at,
+            prev_hash=prev_hash,
+        )
+    ).digest()
+
+
+def stored_envelope_bytes(
+    *,
+    stream_id: str,
+    stream_version: int,
+    event_id: str,
+    event_type: str,
+    schema_version: int,
+    data: Mapping[str, Any],
+    metadata: Mapping[str, Any],
+    recorded_at: str,
+    prev_hash: bytes,
+) -> bytes:
+    """The canonical bytes of an event as stored (what `stored_envelope_hash` hashes, and
+    what `events.hashed` must hold)."""
     envelope = {
         "stream_id": stream_id,
         "stream_version": stream_version,
@@ -143,7 +172,7 @@ def stored_envelope_hash(
         "recorded_at": recorded_at,
         "prev_hash": prev_hash.hex(),
     }
-    return hashlib.sha256(orjson.dumps(envelope, option=_SORTED)).digest()
+    return orjson.dumps(envelope, option=_SORTED)
 
 
 class StreamChains:
@@ -175,6 +204,7 @@ class StreamChains:
         stored_hash: bytes,
         computed_hash: bytes | None,
         unreadable: str | None = None,
+        stored_bytes_differ: bool = False,
     ) -> Finding | None:
         """One event of the current stream. `computed_hash` is None when the event could not
         be hashed, with `unreadable` saying why."""
@@ -189,6 +219,8 @@ class StreamChains:
             reason = unreadable or "the event cannot be hashed"
         elif computed_hash != stored_hash:
             reason = "hash does not match the event's contents"
+        elif stored_bytes_differ:
+            reason = "the stored canonical bytes (events.hashed) differ from the event's contents"
         if reason is not None:
             self.broken = True
             return Finding(CHAIN, self.stream_id, position, f"version {stream_version}: {reason}")

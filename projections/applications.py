@@ -216,28 +216,58 @@ class ApplicationsProjector:
         if history:
             await connection.execute(sql.INSERT_HISTORY, *_history_columns(history))
 
-    async def fold_log_window(
-        self, connection: Connection, after_seq: int, through_seq: int
+    async def fold_log(
+        self,
+        connection: Connection,
+        last_transaction_id: int,
+        last_position: int,
+        parts: int = 1,
+        part: int = 0,
     ) -> list[RecordedEvent]:
-        """Fold the ledger log's window (after_seq, through_seq] set-based, in the database
-        (projections/sql.py, FOLD_APPLICATIONS_WINDOW), into the tables on `search_path`.
+        """Fold the ledger log up to the sequencer's cursor (`last_transaction_id`,
+        `last_position`) set-based, in the database, into the EMPTY tables on `search_path`
+        (a rebuild's shadow): one statement for the streams the SQL can vouch for
+        (projections/sql.py, FOLD_LOG_INTO), `part` of `parts` by a hash of the stream id.
 
-        Returns the window's events of the streams the SQL does not vouch for (an unknown
-        event type or schema version, data the decoders would read differently), in log
-        order: the caller folds those with `apply`, which also reports the event that fails.
+        Returns the events of the streams it left (an unknown event type or schema
+        version, data the decoders would read differently), in stream order: the caller
+        folds those with `apply`, which also reports the event that fails.
         """
         left: list[str] = await connection.fetchval(
-            sql.APPLICATIONS_LEFT_TO_PYTHON, after_seq, through_seq, STREAM_PREFIX
+            sql.UNFOLDABLE_IN_LOG, STREAM_PREFIX, last_transaction_id, last_position, parts, part
         )
         await connection.execute(
-            sql.FOLD_APPLICATIONS_WINDOW, after_seq, through_seq, STREAM_PREFIX, left
+            sql.FOLD_LOG_INTO,
+            STREAM_PREFIX,
+            last_transaction_id,
+            last_position,
+            parts,
+            part,
+            left,
         )
-        if not left:
-            return []
-        rows = await connection.fetch(
-            sql.SELECT_LOG_WINDOW_OF_STREAMS, after_seq, through_seq, left
-        )
-        return [recorded_event_from_row(row) for row in rows]
+        return await _events_of(connection, left, last_transaction_id, last_position)
+
+    async def fold_own_transaction(self, connection: Connection) -> list[RecordedEvent]:
+        """Fold the events written by the connection's current transaction, all of them
+        new streams (a bulk import's batch), set-based into the tables on `search_path`;
+        the events of the streams it leaves, in stream order, for `apply`."""
+        left: list[str] = await connection.fetchval(sql.UNFOLDABLE_IN_TRANSACTION, STREAM_PREFIX)
+        await connection.execute(sql.FOLD_TRANSACTION_INTO, STREAM_PREFIX, left)
+        return await _events_of(connection, left, None, None)
+
+
+async def _events_of(
+    connection: Connection,
+    stream_ids: list[str],
+    last_transaction_id: int | None,
+    last_position: int | None,
+) -> list[RecordedEvent]:
+    if not stream_ids:
+        return []
+    rows = await connection.fetch(
+        sql.SELECT_EVENTS_OF_STREAMS, stream_ids, last_transaction_id, last_position
+    )
+    return [recorded_event_from_row(row) for row in rows]
 
 
 def _application_columns(rows: Any) -> list[list[Any]]:

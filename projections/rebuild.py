@@ -49,16 +49,18 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 
 from ledger.db import Connection
 from ledger.errors import RebuildInProgress, RebuildNotPermitted
+from ledger.events import RecordedEvent
 from ledger.store import recorded_event_from_row
 from projections import rebuild_sql, sql
 from projections.runner import (
@@ -68,7 +70,6 @@ from projections.runner import (
     SetBasedProjector,
     apply_reporting,
     catch_up_on,
-    catch_up_set_based,
     create_shadow_schema,
     is_inline,
     quote_identifier,
@@ -79,8 +80,18 @@ PROJECTION_LOCK_CLASS = 725011508
 
 PROJECTION_NAME_LIMIT = 40
 
-SET_BASED_WINDOW_BATCHES = 10
-"""A set-based projector folds the log `batch_size` * this many events per transaction."""
+BUILD_SETTINGS = (
+    ("work_mem", "1GB"),
+    ("maintenance_work_mem", "1GB"),
+    ("synchronous_commit", "off"),
+)
+"""For the build's own transactions only (SET LOCAL): the bulk statement's sort and its
+materialised steps stay in memory, and its commit does not wait for the WAL flush (a
+build lost in a crash is dropped by the next rebuild anyway; the swap commits durably)."""
+
+OpenConnection = Callable[[], Awaitable[Connection]]
+
+T = TypeVar("T")
 
 Progress = Callable[[int, int], None]
 """Called with (events folded so far, events in the ledger log)."""
@@ -191,12 +202,16 @@ async def rebuild(
     lock_timeout: float = 2.0,
     swap_attempts: int = 10,
     on_progress: Progress | None = None,
+    open_connection: OpenConnection | None = None,
+    jobs: int = 0,
 ) -> RebuildResult:
     """Rebuild `projector`'s tables from the events and swap them in.
 
     `connection` must be a dedicated connection (not shared with other work while this
-    runs): it holds the projection's advisory lock and runs every step. Raises
-    RebuildInProgress if another rebuild or catch-up of the projection is running.
+    runs): it holds the projection's advisory lock and runs every step. A set-based
+    projector's bulk build is split over `jobs` connections (0: one per core), the others
+    from `open_connection` (without it, `connection` alone). Raises RebuildInProgress if
+    another rebuild or catch-up of the projection is running.
     """
     await lock_projection(connection, projector.name)
     try:
@@ -207,6 +222,8 @@ async def rebuild(
             lock_timeout=lock_timeout,
             swap_attempts=swap_attempts,
             on_progress=on_progress,
+            open_connection=open_connection,
+            jobs=jobs,
         )
     finally:
         if not connection.is_closed():
@@ -221,6 +238,8 @@ async def rebuild_locked(
     lock_timeout: float = 2.0,
     swap_attempts: int = 10,
     on_progress: Progress | None = None,
+    open_connection: OpenConnection | None = None,
+    jobs: int = 0,
 ) -> RebuildResult:
     """`rebuild`, for a caller that already holds the projection's lock on `connection`."""
     check_projection_name(projector.name)
@@ -233,7 +252,20 @@ async def rebuild_locked(
         await _drop_schema(connection, retired_schema(projector.name))
         await create_shadow_schema(connection, shadow, projector)
         await _copy_table_properties(connection, projector, shadow)
-        built = await _build(connection, projector, shadow, batch_size, on_progress, 0)
+        built = CatchUpResult(0, 0)
+        if isinstance(projector, SetBasedProjector):
+            connections = 1 if open_connection is None else (jobs or os.cpu_count() or 1)
+            built = await _build_set_based(
+                connection,
+                projector,
+                shadow,
+                batch_size,
+                on_progress,
+                open_connection,
+                min(connections, MAX_BUILD_CONNECTIONS),
+            )
+        more = await _build(connection, projector, shadow, batch_size, on_progress, built.events)
+        built = CatchUpResult(built.events + more.events, more.last_seq)
         attempt = 1
         while True:
             try:
@@ -306,6 +338,113 @@ async def check_rebuild_privileges(connection: Connection, projector: Projector)
         )
 
 
+MAX_BUILD_CONNECTIONS = 8
+
+
+async def _build_set_based(
+    connection: Connection,
+    projector: SetBasedProjector,
+    shadow: str,
+    batch_size: int,
+    on_progress: Progress | None,
+    open_connection: OpenConnection | None,
+    jobs: int,
+) -> CatchUpResult:
+    """The bulk build: the whole log up to the sequencer's cursor, folded in the database
+    by one statement per connection (`jobs` parts by a hash of the stream id), into shadow
+    tables without indexes; then the indexes and constraints, built once over the loaded
+    rows; then the streams the SQL left, folded by `apply`; and the shadow's checkpoint.
+
+    Each part is its own transaction: a build that dies leaves a part-built shadow (no
+    checkpoint), which the next rebuild drops.
+    """
+    cursor = await connection.fetchrow(sql.SELECT_CURSOR)
+    assert cursor is not None, "schema.sql inserts the cursor row"
+    last_transaction_id, last_position, head = cursor
+    if head == 0:
+        return CatchUpResult(0, 0)
+    deferred = await _drop_indexes(connection, projector, shadow)
+    extra: list[Connection] = []
+    try:
+        if open_connection is not None:
+            extra = [await open_connection() for _ in range(jobs - 1)]
+        workers = [connection, *extra]
+
+        async def fold_part(worker: Connection, part: int) -> list[RecordedEvent]:
+            async with worker.transaction():
+                await _build_session(worker, shadow)
+                return await projector.fold_log(
+                    worker, last_transaction_id, last_position, len(workers), part
+                )
+
+        parts = await _all(fold_part(worker, part) for part, worker in enumerate(workers))
+
+        async def create_indexes(worker: Connection, statements: list[str]) -> None:
+            for statement in statements:
+                async with worker.transaction():
+                    await _build_session(worker, shadow)
+                    await worker.execute(statement)
+
+        shares = [deferred[n :: len(workers)] for n in range(len(workers))]
+        pairs = zip(workers, shares, strict=True)
+        await _all(create_indexes(worker, share) for worker, share in pairs)
+    finally:
+        for worker in extra:
+            await worker.close()
+
+    left = sorted(
+        (event for part in parts for event in part),
+        key=lambda event: (event.stream_id, event.stream_version),
+    )
+    async with connection.transaction():
+        await _build_session(connection, shadow)
+        for start in range(0, len(left), batch_size):
+            await apply_reporting(connection, projector, left[start : start + batch_size])
+        await connection.execute(sql.SAVE_CHECKPOINT, projector.name, head)
+    if on_progress is not None:
+        on_progress(head, head)
+    return CatchUpResult(head, head)
+
+
+async def _all(work: Iterable[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run concurrently; wait for every one (none is left running on a connection another
+    step needs), then raise the first failure."""
+    results = await asyncio.gather(*work, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results  # type: ignore[return-value]
+
+
+async def _build_session(connection: Connection, shadow: str) -> None:
+    await connection.execute(sql.SET_SEARCH_PATH, f"{quote_identifier(shadow)}, public")
+    for name, value in BUILD_SETTINGS:
+        await connection.execute(sql.SET_LOCAL, name, value)
+
+
+async def _drop_indexes(connection: Connection, projector: Projector, shadow: str) -> list[str]:
+    """Drop the shadow tables' indexes and the constraints they back (a bulk load into a
+    table without indexes, then one index build over the sorted rows, is several times
+    faster than keeping them up to date row by row). Returns the statements that create
+    them again exactly: same names, same definitions (the swap checks it)."""
+    statements = []
+    for table in projector.tables:
+        target = f"{quote_identifier(shadow)}.{quote_identifier(table)}"
+        for index in await connection.fetch(rebuild_sql.SELECT_INDEX_DEFINITIONS, shadow, table):
+            if index["constraint_name"] is not None:
+                name = quote_identifier(index["constraint_name"])
+                await connection.execute(f"ALTER TABLE {target} DROP CONSTRAINT {name}")
+                statements.append(
+                    f"ALTER TABLE {target} ADD CONSTRAINT {name} {index['constraint_definition']}"
+                )
+            else:
+                await connection.execute(
+                    f"DROP INDEX {quote_identifier(shadow)}.{quote_identifier(index['name'])}"
+                )
+                statements.append(index["definition"])
+    return statements
+
+
 async def _build(
     connection: Connection,
     projector: Projector,
@@ -314,7 +453,8 @@ async def _build(
     on_progress: Progress | None,
     already: int,
 ) -> CatchUpResult:
-    """Fold the ledger log into the shadow, unlocked, until it is close to the head.
+    """Fold the ledger log into the shadow with `apply`, from its checkpoint, unlocked,
+    until it is close to the head (after a set-based build: the tail appended since).
 
     Each pass stops at the head it started from, so a steady stream of appends cannot keep
     it going for ever; a few passes leave only a short tail for the swap. `already`: events
@@ -331,24 +471,14 @@ async def _build(
                 on_progress(base + events, max(head, seq))
 
         batch: OnBatch = report
-        if isinstance(projector, SetBasedProjector):
-            result = await catch_up_set_based(
-                connection,
-                projector,
-                window=batch_size * SET_BASED_WINDOW_BATCHES,
-                schema=shadow,
-                until_seq=head,
-                on_batch=batch,
-            )
-        else:
-            result = await catch_up_on(
-                connection,
-                projector,
-                batch_size=batch_size,
-                schema=shadow,
-                until_seq=head,
-                on_batch=batch,
-            )
+        result = await catch_up_on(
+            connection,
+            projector,
+            batch_size=batch_size,
+            schema=shadow,
+            until_seq=head,
+            on_batch=batch,
+        )
         total += result.events
         last_seq = result.last_seq
         if result.events <= batch_size:

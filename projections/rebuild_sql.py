@@ -74,6 +74,18 @@ ORDER BY 4, 3, 1
 
 SELECT_CURRENT_USER = "SELECT current_user"
 
+# The indexes of a shadow table, with the constraint each one backs (primary key, unique),
+# to drop them before the bulk load and create them again, with the same names, after it.
+SELECT_INDEX_DEFINITIONS = f"""
+SELECT c.relname AS name, pg_get_indexdef(i.indexrelid) AS definition,
+       con.conname AS constraint_name, pg_get_constraintdef(con.oid) AS constraint_definition
+FROM pg_index i
+JOIN pg_class c ON c.oid = i.indexrelid
+LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid AND con.conrelid = i.indrelid
+WHERE i.indrelid = {_TABLE}
+ORDER BY c.relname
+"""
+
 # --- Who is rebuilding: a session-level advisory lock per projection, across processes ---
 
 TRY_LOCK_PROJECTION = "SELECT pg_try_advisory_lock($1::integer, $2::integer)"

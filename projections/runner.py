@@ -17,7 +17,7 @@ import asyncpg
 
 from ledger.db import Connection
 from ledger.events import RecordedEvent
-from ledger.store import read_feed
+from ledger.store import read_feed, recorded_event_from_row
 from projections import rebuild_sql, sql
 from projections.applications import ApplicationsProjector
 
@@ -36,12 +36,20 @@ class Projector(Protocol):
 
 @runtime_checkable
 class SetBasedProjector(Projector, Protocol):
-    """A projector that can also fold a window of the ledger log in the database, set-based
-    (rebuilds use it; `apply` stays the reference and folds whatever it leaves)."""
+    """A projector that can also fold the whole ledger log in the database, set-based, into
+    empty tables (rebuilds use it; `apply` stays the reference and folds whatever it
+    leaves, returned in stream order)."""
 
-    async def fold_log_window(
-        self, connection: Connection, after_seq: int, through_seq: int
+    async def fold_log(
+        self,
+        connection: Connection,
+        last_transaction_id: int,
+        last_position: int,
+        parts: int = 1,
+        part: int = 0,
     ) -> list[RecordedEvent]: ...
+
+    async def fold_own_transaction(self, connection: Connection) -> list[RecordedEvent]: ...
 
 
 INLINE_PROJECTORS: tuple[Projector, ...] = (ApplicationsProjector(),)
@@ -68,6 +76,30 @@ async def project_inline(connection: Connection, events: Sequence[RecordedEvent]
     """Run every built-in projector on freshly appended events, in the caller's transaction."""
     for projector in INLINE_PROJECTORS:
         await projector.apply(connection, events)
+
+
+NEW_STREAMS_WORK_MEM = "256MB"
+
+
+async def project_new_streams(connection: Connection) -> None:
+    """Run every built-in projector on the events the connection's current transaction
+    appended, all of them streams begun in it (a bulk import's batch): set-based where the
+    projector can (the streams it leaves go to its `apply`), else `apply` on the events."""
+    events: list[RecordedEvent] | None = None
+    # The set-based fold's sort and materialised steps stay in memory (this transaction only).
+    await connection.execute(sql.SET_LOCAL, "work_mem", NEW_STREAMS_WORK_MEM)
+    for projector in INLINE_PROJECTORS:
+        if isinstance(projector, SetBasedProjector):
+            left = await projector.fold_own_transaction(connection)
+            if left:
+                await projector.apply(connection, left)
+        else:
+            if events is None:
+                events = [
+                    recorded_event_from_row(row)
+                    for row in await connection.fetch(sql.SELECT_OWN_TRANSACTION_EVENTS)
+                ]
+            await projector.apply(connection, events)
 
 
 class ProjectionFailed(Exception):
@@ -187,43 +219,6 @@ async def catch_up_on(
         total += len(events)
         if on_batch is not None:
             on_batch(total, events[-1].seq)
-
-
-SET_BASED_WORK_MEM = "256MB"
-
-
-async def catch_up_set_based(
-    connection: Connection,
-    projector: SetBasedProjector,
-    *,
-    window: int,
-    schema: str | None = None,
-    until_seq: int,
-    on_batch: OnBatch | None = None,
-) -> CatchUpResult:
-    """`catch_up_on` for a set-based projector: the log up to `until_seq` (which must be in
-    the log) a window of `window` seqs at a time, each window folded by the projector in the
-    database and committed with the checkpoint (so an interrupted run keeps what it built and
-    reports progress per window). Events the projector leaves are folded by `apply`."""
-    search_path = f'"{schema}", public' if schema else None
-    total = 0
-    while True:
-        async with connection.transaction():
-            if search_path:
-                await connection.execute(sql.SET_SEARCH_PATH, search_path)
-            # The window's sorts fit in memory instead of spilling to disk.
-            await connection.execute(sql.SET_WORK_MEM, SET_BASED_WORK_MEM)
-            last_seq = await connection.fetchval(sql.SELECT_CHECKPOINT, projector.name) or 0
-            end = min(last_seq + window, until_seq)
-            if end <= last_seq:
-                return CatchUpResult(total, last_seq)
-            left = await projector.fold_log_window(connection, last_seq, end)
-            if left:
-                await apply_reporting(connection, projector, left)
-            await connection.execute(sql.SAVE_CHECKPOINT, projector.name, end)
-        total += end - last_seq
-        if on_batch is not None:
-            on_batch(total, end)
 
 
 async def apply_reporting(

@@ -96,8 +96,6 @@ ON CONFLICT (projection) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at 
 
 SET_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
 
-SET_WORK_MEM = "SELECT set_config('work_mem', $1, true)"
-
 # --- The applications projection, set-based (rebuilds; projections/applications.py) ---
 #
 # The same fold as `projections.applications.project`, over a window of the ledger log
@@ -111,7 +109,6 @@ SET_WORK_MEM = "SELECT set_config('work_mem', $1, true)"
 # names every other stream of the window; the Python fold handles those (and reports the
 # event it cannot fold, as the runner does).
 
-_UUID = "'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'"
 _DECIMAL = "'^-?(0|[1-9][0-9]*)([.][0-9]{1,6})?$'"
 _INTEGER = "'^-?(0|[1-9][0-9]{0,8})$'"
 
@@ -131,7 +128,9 @@ def _field_check(path: str, kind: str) -> str:
         ),
         "decision": f"({value} #>> '{{}}') IN ('approved', 'review')",
         "outcome": f"({value} #>> '{{}}') IN ('approved', 'declined')",
-        "application_id": f"({text} ~ {_UUID})",
+        # the stream's own application (`$1` is the stream prefix): one comparison, where a
+        # uuid pattern per event would cost more than the rest of the checks together
+        "application_id": f"({text} = substr(e.stream_id, length($1) + 1))",
     }[kind]
 
 
@@ -217,31 +216,44 @@ def _event_checks() -> str:
     return "CASE " + " ".join(cases) + " ELSE false END"
 
 
-# $1, $2: the window (seq after, through); $3: the stream prefix. The applications' stream
-# ids are the prefix and the lowercase uuid; ApplicationSubmitted is version 1 and only
-# version 1, and carries the stream's own id; a stream that begins before the window has
-# its row already.
-APPLICATIONS_LEFT_TO_PYTHON = f"""
-SELECT coalesce(array_agg(t.stream_id), '{{}}')
-FROM (
-    SELECT e.stream_id, min(e.stream_version) AS first_version,
-           bool_and(
-               CASE WHEN substr(e.stream_id, length($3) + 1) ~ {_UUID}
-                         AND (e.event_type = 'ApplicationSubmitted') = (e.stream_version = 1)
-                    THEN ({_event_checks()})
-                         AND (e.event_type <> 'ApplicationSubmitted'
-                              OR e.data->>'application_id' = substr(e.stream_id, length($3) + 1))
-                    ELSE false END
-           ) AS foldable
-    FROM public.ledger_log l JOIN public.events e ON e.position = l.position
-    WHERE l.seq > $1 AND l.seq <= $2 AND starts_with(e.stream_id, $3)
-    GROUP BY e.stream_id
-) t
-WHERE NOT t.foldable
-   OR (t.first_version > 1 AND NOT EXISTS (
-           SELECT 1 FROM loan_applications p
-           WHERE p.application_id = substr(t.stream_id, length($3) + 1)::uuid))
+# --- The whole fold, set-based ---
+#
+# Every statement below folds a *set of whole streams* from nothing (no row before their
+# first event): a rebuild's shadow (the log up to the sequencer's cursor), a bulk import's
+# new streams (the events of its own transaction), and verify's comparison (every event in
+# its snapshot). Each takes its events from `public.events` through a source condition on
+# `e` ($1 is always the stream prefix). The rows are the same fold as
+# `projections.applications.project`, which stays the reference (a property test holds the
+# two equal, v1 events and unusual data included).
+
+REBUILD_SOURCE = """
+(e.transaction_id, e.position) <= ($2::xid8, $3::bigint)
+AND ($4::integer <= 1 OR abs(hashtext(e.stream_id) % $4::integer) = $5::integer)
 """
+"""A rebuild's share of the log: every event the sequencer has logged up to its cursor
+($2, $3: last_transaction_id, last_position; the log and the cursor are written in one
+transaction, so that set is exactly the log through last_seq), split into $4 parts by a
+hash of the stream id (part $5), one per connection."""
+
+IMPORT_SOURCE = "e.transaction_id = pg_current_xact_id()"
+"""A bulk import's batch: the events its own transaction wrote (the events_transaction_order
+index finds them)."""
+
+VERIFY_SOURCE = "($2::integer <= 1 OR abs(hashtext(e.stream_id) % $2::integer) = $3::integer)"
+"""verify: every event of the snapshot, split into $2 parts (part $3)."""
+
+_SETS_STATUS = """
+CASE e.event_type
+    WHEN 'ApplicationSubmitted' THEN 'submitted'
+    WHEN 'ApplicationScored' THEN 'scored'
+    WHEN 'ApplicationDecided' THEN
+        CASE e.data->>'decision' WHEN 'approved' THEN 'approved' ELSE 'in_review' END
+    WHEN 'ManualReviewRequested' THEN 'in_review'
+    WHEN 'ApplicationReviewed' THEN e.data->>'outcome'
+    WHEN 'ApplicationWithdrawn' THEN 'withdrawn'
+END
+"""
+
 
 _HISTORY_DETAILS = """
 CASE f.event_type
@@ -279,157 +291,237 @@ CASE f.event_type
 END
 """
 
-# $1, $2: the window; $3: the stream prefix; $4: the streams left to the Python fold.
-# One statement: the history rows (a data-modifying CTE) and the application rows.
-FOLD_APPLICATIONS_WINDOW = f"""
-WITH src AS MATERIALIZED (
-    SELECT e.stream_id, e.stream_version, e.position, e.event_type, e.schema_version, e.data,
-           e.recorded_at, substr(e.stream_id, length($3) + 1)::uuid AS key,
-           CASE e.event_type
-               WHEN 'ApplicationSubmitted' THEN 'submitted'
-               WHEN 'ApplicationScored' THEN 'scored'
-               WHEN 'ApplicationDecided' THEN
-                   CASE e.data->>'decision' WHEN 'approved' THEN 'approved' ELSE 'in_review' END
-               WHEN 'ManualReviewRequested' THEN 'in_review'
-               WHEN 'ApplicationReviewed' THEN e.data->>'outcome'
-               WHEN 'ApplicationWithdrawn' THEN 'withdrawn'
-           END AS sets_status
-    FROM public.ledger_log l JOIN public.events e ON e.position = l.position
-    WHERE l.seq > $1 AND l.seq <= $2 AND starts_with(e.stream_id, $3)
-      AND e.stream_id <> ALL ($4::text[])
-),
-prior AS MATERIALIZED (
-    SELECT p.*
-    FROM loan_applications p
-    WHERE p.application_id IN (
-        SELECT s.key FROM src s GROUP BY s.key HAVING min(s.stream_version) > 1)
-),
-folded AS MATERIALIZED (
-    SELECT s.*, pr.status AS prior_status,
-           array_agg(s.sets_status) FILTER (WHERE s.sets_status IS NOT NULL) OVER upto
-               AS set_through,
-           array_agg(s.sets_status) FILTER (WHERE s.sets_status IS NOT NULL) OVER before
-               AS set_before
-    FROM src s LEFT JOIN prior pr ON pr.application_id = s.key
-    WINDOW upto AS (PARTITION BY s.stream_id ORDER BY s.stream_version
-                    ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
-           before AS (PARTITION BY s.stream_id ORDER BY s.stream_version
-                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
-),
-steps AS MATERIALIZED (
-    SELECT f.*,
-           coalesce(f.set_through[cardinality(f.set_through)], f.prior_status) AS status,
-           coalesce(f.set_before[cardinality(f.set_before)], f.prior_status) AS status_before
-    FROM folded f
-),
-history AS (
-    INSERT INTO application_history (application_id, stream_version, event_position,
-                                     event_type, status, details, recorded_at)
-    SELECT f.key, f.stream_version, f.position, f.event_type, f.status, {_HISTORY_DETAILS},
-           f.recorded_at
-    FROM steps f
-),
-per_stream AS (
-    SELECT f.key, max(f.stream_version) AS version,
-           array_agg(f.data ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type = 'ApplicationSubmitted') AS submitted,
-           array_agg(f.schema_version ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type = 'ApplicationSubmitted') AS submitted_version,
-           array_agg(f.recorded_at ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type = 'ApplicationSubmitted') AS submitted_at,
-           array_agg(f.data ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type = 'ApplicationScored') AS scored,
-           array_agg(CASE WHEN f.schema_version = 1 THEN 'null'::jsonb
-                          ELSE f.data->'recommended_outcome' END ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type = 'ApplicationDecided') AS recommended,
-           array_agg(CASE f.event_type
-                         WHEN 'ApplicationDecided' THEN f.data->>'decision'
-                         WHEN 'ManualReviewRequested' THEN 'review'
-                         ELSE f.data->>'outcome' END ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type IN ('ApplicationDecided', 'ManualReviewRequested',
-                                              'ApplicationReviewed')) AS decisions,
-           array_agg(CASE f.event_type WHEN 'ApplicationDecided' THEN f.data->>'decided_by'
-                                       ELSE f.data->>'reviewer' END ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type IN ('ApplicationDecided', 'ApplicationReviewed'))
-               AS deciders,
-           array_agg(f.recorded_at ORDER BY f.stream_version)
-               FILTER (WHERE f.status = 'in_review'
-                         AND f.status_before IS DISTINCT FROM 'in_review') AS entered_review,
-           array_agg(f.recorded_at ORDER BY f.stream_version)
-               FILTER (WHERE f.event_type = 'ApplicationReviewed') AS reviews,
-           array_agg(f.status ORDER BY f.stream_version) AS statuses,
-           array_agg(f.recorded_at ORDER BY f.stream_version) AS times,
-           array_agg(f.position ORDER BY f.stream_version) AS positions
-    FROM steps f
-    GROUP BY f.key
-),
-tails AS (
-    SELECT a.key, a.version,
-           a.submitted[1] AS sub, a.submitted_version[1] AS sub_version,
-           a.submitted_at[1] AS sub_at,
-           a.scored[cardinality(a.scored)] AS scored,
-           cardinality(a.recommended) AS decided_events,
-           a.recommended[cardinality(a.recommended)] AS recommended,
-           cardinality(a.decisions) AS decision_events,
-           a.decisions[cardinality(a.decisions)] AS decision,
-           cardinality(a.deciders) AS decider_events,
-           a.deciders[cardinality(a.deciders)] AS decided_by,
-           a.entered_review[cardinality(a.entered_review)] AS entered_review,
-           a.reviews[cardinality(a.reviews)] AS reviewed_at,
-           a.statuses[cardinality(a.statuses)] AS status,
-           a.times[cardinality(a.times)] AS updated_at,
-           a.positions[cardinality(a.positions)] AS last_position
-    FROM per_stream a
-)
-INSERT INTO loan_applications ({APPLICATION_COLUMNS})
-SELECT t.key,
-       coalesce(t.sub->>'applicant_id', p.applicant_id),
-       coalesce((t.sub->>'amount')::numeric, p.amount),
-       coalesce((t.sub->>'income')::numeric, p.income),
-       coalesce((t.sub->>'employment_years')::integer, p.employment_years),
-       CASE WHEN t.scored IS NULL THEN p.risk_score
-            ELSE (t.scored->>'risk_score')::numeric END,
-       CASE WHEN t.decision_events IS NULL THEN p.decision ELSE t.decision END,
-       t.status,
-       CASE WHEN t.scored IS NULL THEN p.scoring_model ELSE t.scored->>'model_name' END,
-       CASE WHEN t.scored IS NULL THEN p.scoring_model_version
-            ELSE t.scored->>'model_version' END,
-       coalesce(t.sub_at, p.created_at),
-       t.updated_at,
-       t.version,
-       t.last_position,
-       CASE WHEN t.sub IS NULL THEN p.submitted_by
-            WHEN t.sub_version = 1 THEN 'unknown'
-            ELSE t.sub->>'submitted_by' END,
-       CASE WHEN t.decider_events IS NULL THEN p.decided_by ELSE t.decided_by END,
-       CASE WHEN t.decided_events IS NULL THEN p.recommended_outcome
-            ELSE t.recommended #>> '{{}}' END,
-       CASE WHEN t.scored IS NULL THEN coalesce(p.reason_codes, '[]'::jsonb)
-            ELSE t.scored->'reason_codes' END,
-       coalesce(t.entered_review, p.in_review_since),
-       coalesce(t.reviewed_at, p.reviewed_at)
-FROM tails t LEFT JOIN prior p ON p.application_id = t.key
-ON CONFLICT (application_id) DO UPDATE SET
-    risk_score = EXCLUDED.risk_score,
-    decision = EXCLUDED.decision,
-    status = EXCLUDED.status,
-    scoring_model = EXCLUDED.scoring_model,
-    scoring_model_version = EXCLUDED.scoring_model_version,
-    updated_at = EXCLUDED.updated_at,
-    stream_version = EXCLUDED.stream_version,
-    last_event_position = EXCLUDED.last_event_position,
-    decided_by = EXCLUDED.decided_by,
-    recommended_outcome = EXCLUDED.recommended_outcome,
-    reason_codes = EXCLUDED.reason_codes,
-    in_review_since = EXCLUDED.in_review_since,
-    reviewed_at = EXCLUDED.reviewed_at
+
+def _canonical_uuid(text: str) -> str:
+    """A lowercase hyphenated uuid. Bounded repetitions ({8}) make PostgreSQL's regular
+    expressions several times slower, so the groups' lengths come from the hyphens'
+    places instead."""
+    return (
+        f"(length({text}) = 36 AND {text} ~ '^[0-9a-f]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+-[0-9a-f]+$'"
+        f" AND substr({text}, 9, 1) = '-' AND substr({text}, 14, 1) = '-'"
+        f" AND substr({text}, 19, 1) = '-' AND substr({text}, 24, 1) = '-')"
+    )
+
+
+def unfoldable_streams(source: str) -> str:
+    """The streams of `source` the SQL cannot vouch for, as one text[]: an event of another
+    (type, schema version) than FOLDABLE_EVENTS knows, a field missing or of the wrong JSON
+    type, a decimal not in the form `str(Decimal)` writes back, an ApplicationSubmitted
+    anywhere but version 1 or naming another application, versions that do not run 1..n,
+    or a stream id without a uuid. The Python fold takes those (and names the event it
+    cannot fold)."""
+    return f"""
+SELECT coalesce(array_agg(t.stream_id), '{{}}')
+FROM (
+    SELECT e.stream_id
+    FROM public.events e
+    WHERE starts_with(e.stream_id, $1) AND ({source})
+    GROUP BY e.stream_id
+    HAVING NOT (
+        bool_and(
+            (e.event_type = 'ApplicationSubmitted') = (e.stream_version = 1)
+            AND ({_event_checks()}))
+        AND min(e.stream_version) = 1 AND max(e.stream_version) = count(*)
+        AND {_canonical_uuid("substr(e.stream_id, length($1) + 1)")})
+) t
 """
 
-# The events of the streams left to the Python fold, in log order.
-SELECT_LOG_WINDOW_OF_STREAMS = """
+
+def _fold_steps(source: str, left: str) -> str:
+    """Each event of the folded streams, in one sort by (application, version) and window
+    functions over it: the status after and before the event (the last status-setting event
+    so far: an agent action sets none) and, running over the stream so far, what the
+    application row takes (the last score, decision, decider, ...), so that a stream's last
+    event carries its whole row. The second level (when the stream last entered review)
+    needs the first level's statuses; it reads them in the order they come, without a
+    second sort. `left`: the parameter holding the streams left to the Python fold."""
+    return f"""
+    SELECT v.*,
+           array_agg(v.recorded_at) FILTER (
+                WHERE v.status = 'in_review' AND v.status_before IS DISTINCT FROM 'in_review')
+                OVER upto2 AS entered_review
+    FROM (
+        SELECT w.*,
+               w.set_through[cardinality(w.set_through)] AS status,
+               w.set_before[cardinality(w.set_before)] AS status_before
+        FROM (
+            SELECT s.*,
+                   lead(s.stream_version) OVER upto IS NULL AS is_last,
+                   first_value(s.data) OVER upto AS sub,
+                   first_value(s.schema_version) OVER upto AS sub_version,
+                   first_value(s.recorded_at) OVER upto AS sub_at,
+                   array_agg(s.sets_status) FILTER (WHERE s.sets_status IS NOT NULL)
+                       OVER upto AS set_through,
+                   array_agg(s.sets_status) FILTER (WHERE s.sets_status IS NOT NULL)
+                       OVER before AS set_before,
+                   array_agg(s.data) FILTER (WHERE s.event_type = 'ApplicationScored')
+                       OVER upto AS scored,
+                   array_agg(CASE WHEN s.schema_version = 1 THEN 'null'::jsonb
+                                  ELSE s.data->'recommended_outcome' END)
+                       FILTER (WHERE s.event_type = 'ApplicationDecided') OVER upto
+                       AS recommended,
+                   array_agg(CASE s.event_type
+                                 WHEN 'ApplicationDecided' THEN s.data->>'decision'
+                                 WHEN 'ManualReviewRequested' THEN 'review'
+                                 ELSE s.data->>'outcome' END)
+                       FILTER (WHERE s.event_type IN ('ApplicationDecided',
+                                                      'ManualReviewRequested',
+                                                      'ApplicationReviewed')) OVER upto
+                       AS decisions,
+                   array_agg(CASE s.event_type
+                                 WHEN 'ApplicationDecided' THEN s.data->>'decided_by'
+                                 ELSE s.data->>'reviewer' END)
+                       FILTER (WHERE s.event_type IN ('ApplicationDecided',
+                                                      'ApplicationReviewed')) OVER upto
+                       AS deciders,
+                   array_agg(s.recorded_at)
+                       FILTER (WHERE s.event_type = 'ApplicationReviewed') OVER upto
+                       AS reviews
+            FROM (
+                SELECT e.stream_id, e.stream_version, e.position, e.event_type,
+                       e.schema_version, e.data, e.recorded_at,
+                       substr(e.stream_id, length($1) + 1)::uuid AS key,
+                       {_SETS_STATUS} AS sets_status
+                FROM public.events e
+                WHERE starts_with(e.stream_id, $1) AND ({source})
+                  AND e.stream_id <> ALL ({left}::text[])
+            ) s
+            WINDOW upto AS (PARTITION BY s.key ORDER BY s.stream_version
+                            ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+                   before AS (PARTITION BY s.key ORDER BY s.stream_version
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+        ) w
+    ) v
+    WINDOW upto2 AS (PARTITION BY v.key ORDER BY v.stream_version
+                     ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+"""
+
+
+_HISTORY_ROWS = f"""
+SELECT f.key AS application_id, f.stream_version, f.position AS event_position,
+       f.event_type, f.status, {_HISTORY_DETAILS} AS details, f.recorded_at
+FROM steps f
+"""
+
+# A stream's last event carries the stream's row (the running windows at its end).
+_APPLICATION_ROWS = """
+SELECT t.key AS application_id,
+       t.sub->>'applicant_id' AS applicant_id,
+       (t.sub->>'amount')::numeric AS amount,
+       (t.sub->>'income')::numeric AS income,
+       (t.sub->>'employment_years')::integer AS employment_years,
+       (t.scored->>'risk_score')::numeric AS risk_score,
+       t.decision,
+       t.status,
+       t.scored->>'model_name' AS scoring_model,
+       t.scored->>'model_version' AS scoring_model_version,
+       t.sub_at AS created_at,
+       t.recorded_at AS updated_at,
+       t.stream_version,
+       t.position AS last_event_position,
+       CASE WHEN t.sub_version = 1 THEN 'unknown' ELSE t.sub->>'submitted_by' END
+           AS submitted_by,
+       t.decided_by,
+       t.recommended #>> '{}' AS recommended_outcome,
+       coalesce(t.scored->'reason_codes', '[]'::jsonb) AS reason_codes,
+       t.in_review_since,
+       t.reviewed_at
+FROM (
+    SELECT f.key, f.stream_version, f.position, f.recorded_at, f.status, f.sub,
+           f.sub_version, f.sub_at,
+           f.scored[cardinality(f.scored)] AS scored,
+           f.recommended[cardinality(f.recommended)] AS recommended,
+           f.decisions[cardinality(f.decisions)] AS decision,
+           f.deciders[cardinality(f.deciders)] AS decided_by,
+           f.reviews[cardinality(f.reviews)] AS reviewed_at,
+           f.entered_review[cardinality(f.entered_review)] AS in_review_since
+    FROM steps f
+    WHERE f.is_last
+) t
+"""
+
+_HISTORY_COLUMNS = (
+    "application_id, stream_version, event_position, event_type, status, details, recorded_at"
+)
+
+
+def fold_applications_into(source: str, left: str) -> str:
+    """One statement: the folded streams' rows inserted into both tables on `search_path`
+    (a rebuild's empty shadow, or the live tables for an import's new streams)."""
+    return f"""
+WITH steps AS MATERIALIZED ({_fold_steps(source, left)}),
+history AS (
+    INSERT INTO application_history ({_HISTORY_COLUMNS})
+    {_HISTORY_ROWS}
+)
+INSERT INTO loan_applications ({APPLICATION_COLUMNS})
+{_APPLICATION_ROWS}
+"""
+
+
+def fold_applications_differences(source: str, left: str) -> str:
+    """verify: the application ids whose stored rows (either table) differ from the fold,
+    in both directions (a row missing, extra or different). Read-only: nothing is written."""
+    return f"""
+WITH steps AS MATERIALIZED ({_fold_steps(source, left)}),
+folded_applications AS ({_APPLICATION_ROWS}),
+folded_history AS ({_HISTORY_ROWS}),
+stored_applications AS (
+    SELECT {APPLICATION_COLUMNS} FROM loan_applications a
+    WHERE {source.replace("e.stream_id", "($1 || a.application_id::text)")}
+),
+stored_history AS (
+    SELECT {_HISTORY_COLUMNS} FROM application_history a
+    WHERE {source.replace("e.stream_id", "($1 || a.application_id::text)")}
+)
+SELECT coalesce(array_agg(DISTINCT d.application_id), '{{}}')
+FROM (
+    (SELECT application_id FROM (SELECT * FROM folded_applications
+                                 EXCEPT ALL SELECT * FROM stored_applications) x)
+    UNION ALL
+    (SELECT application_id FROM (SELECT * FROM stored_applications
+                                 EXCEPT ALL SELECT * FROM folded_applications) x)
+    UNION ALL
+    (SELECT application_id FROM (SELECT * FROM folded_history
+                                 EXCEPT ALL SELECT * FROM stored_history) x)
+    UNION ALL
+    (SELECT application_id FROM (SELECT * FROM stored_history
+                                 EXCEPT ALL SELECT * FROM folded_history) x)
+) d
+"""
+
+
+# The statements, one per source. $1: the stream prefix; the source's own parameters next;
+# the last parameter of a fold: the streams the Python fold takes instead.
+UNFOLDABLE_IN_LOG = unfoldable_streams(REBUILD_SOURCE)
+FOLD_LOG_INTO = fold_applications_into(REBUILD_SOURCE, "$6")
+UNFOLDABLE_IN_TRANSACTION = unfoldable_streams(IMPORT_SOURCE)
+FOLD_TRANSACTION_INTO = fold_applications_into(IMPORT_SOURCE, "$2")
+UNFOLDABLE_IN_SNAPSHOT = unfoldable_streams(VERIFY_SOURCE)
+FOLD_DIFFERENCES = fold_applications_differences(VERIFY_SOURCE, "$4")
+
+# The events of the streams left to the Python fold ($1), in stream order, up to the
+# sequencer's cursor ($2, $3; NULL: every event).
+SELECT_EVENTS_OF_STREAMS = """
 SELECT e.position, l.seq, e.stream_id, e.stream_version, e.event_id, e.event_type,
        e.schema_version, e.data, e.metadata, e.recorded_at, e.prev_hash, e.hash
-FROM public.ledger_log l JOIN public.events e ON e.position = l.position
-WHERE l.seq > $1 AND l.seq <= $2 AND e.stream_id = ANY ($3::text[])
-ORDER BY l.seq
+FROM public.events e LEFT JOIN public.ledger_log l ON l.position = e.position
+WHERE e.stream_id = ANY ($1::text[])
+  AND ($2::xid8 IS NULL OR (e.transaction_id, e.position) <= ($2::xid8, $3::bigint))
+ORDER BY e.stream_id, e.stream_version
+"""
+
+SET_LOCAL = "SELECT set_config($1, $2, true)"
+
+SELECT_CURSOR = """
+SELECT last_transaction_id, last_position, last_seq FROM public.ledger_cursor
+"""
+
+# The events the current transaction appended, in stream order (a bulk import's batch).
+SELECT_OWN_TRANSACTION_EVENTS = """
+SELECT e.position, NULL::bigint AS seq, e.stream_id, e.stream_version, e.event_id,
+       e.event_type, e.schema_version, e.data, e.metadata, e.recorded_at, e.prev_hash, e.hash
+FROM public.events e
+WHERE e.transaction_id = pg_current_xact_id()
+ORDER BY e.stream_id, e.stream_version
 """

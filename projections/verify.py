@@ -23,9 +23,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import datetime
+from hashlib import sha256
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -47,9 +49,9 @@ from ledger.verify import (
     check_triggers,
     contains_float,
     function_body,
-    stored_envelope_hash,
+    stored_envelope_bytes,
 )
-from projections import verify_sql
+from projections import sql, verify_sql
 from projections.applications import ApplicationRow, HistoryRow, project
 
 OpenConnection = Callable[[], Awaitable[Connection]]
@@ -87,17 +89,28 @@ async def verify_ledger(
         seals = None
         if trusted_keys is not None:
             seals = await _in_snapshot(stack, open_connection, snapshot)
+        unhashed: int = await events.fetchval(verify_sql.COUNT_UNHASHED)
+        set_based = unhashed <= STREAMING_FROM_UNHASHED
         ranges: list[StreamRange] = [("", None)]
-        if jobs != 1 and database_url is not None:
+        if set_based:
+            parts = _connections_for(jobs)
+            workers = [events] + [
+                await _in_snapshot(stack, open_connection, snapshot) for _ in range(parts - 1)
+            ]
+        elif jobs != 1 and database_url is not None:
             ranges = await stream_ranges(events, jobs)
 
-        # The log, trigger and seal checks run while the streams are hashed: much of their
-        # work is the database's, which then overlaps with the hashing.
+        # The log, trigger and seal checks run while the streams are checked: much of their
+        # work is the database's, which then overlaps.
         side_checks = [asyncio.create_task(_check_log_and_triggers(log, report))]
         if seals is not None and trusted_keys is not None:
             side_checks.append(asyncio.create_task(_check_seals(seals, report, trusted_keys)))
         try:
-            if len(ranges) == 1:
+            if set_based:
+                results = [await _check_set_based(workers, read_models)]
+                if progress is not None:  # one step: the database checked every event at once
+                    progress(results[0][0].get("events", 0))
+            elif len(ranges) == 1:
                 applications = await _in_snapshot(stack, open_connection, snapshot)
                 history = await _in_snapshot(stack, open_connection, snapshot)
                 results = [
@@ -139,6 +152,181 @@ async def _in_snapshot(
             raise ValueError(f"not a snapshot id: {snapshot!r}")
         await connection.execute(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
     return connection
+
+
+# --- Set-based: the database checks every event against its stored canonical bytes ---
+
+STREAMING_FROM_UNHASHED = 10_000
+"""With more events than this lacking stored canonical bytes (a ledger written before
+`events.hashed`), every stream is checked by the streaming check instead."""
+
+
+SET_BASED_WORK_MEM = "1GB"
+
+
+def _connections_for(jobs: int) -> int:
+    return min(MAX_JOBS, jobs if jobs >= 1 else (os.cpu_count() or 1))
+
+
+@dataclass(slots=True)
+class _PartFound:
+    counts: dict[str, int]
+    chain_suspects: list[str]
+    read_model_suspects: list[UUID]
+    unfoldable: list[str]
+
+
+async def _check_set_based(
+    workers: Sequence[Connection], read_models: bool
+) -> tuple[dict[str, int], list[Finding]]:
+    """Each worker connection (all in the same snapshot) checks one part of the streams (a
+    hash of the stream id) set-based: the chains against the stored canonical bytes
+    (verify_sql.CHAIN_SUSPECTS) and the read models against their set-based fold
+    (projections/sql.py, FOLD_DIFFERENCES). What either finds suspect is then judged by the
+    streaming check and the projector's own fold, in Python, which name each finding
+    exactly as before: the first bad event of a stream, the differing fields of a row."""
+    parts = len(workers)
+    found = await asyncio.gather(
+        *(_check_part(worker, parts, part, read_models) for part, worker in enumerate(workers))
+    )
+    counts: dict[str, int] = {}
+    for part in found:
+        for name, count in part.counts.items():
+            counts[name] = counts.get(name, 0) + count
+    connection = workers[0]
+    findings: list[Finding] = []
+    suspects = sorted({stream for part in found for stream in part.chain_suspects})
+    if suspects:
+        _, findings = await _check_streams(
+            connection, connection, connection, False, ("", None), stream_ids=suspects
+        )
+    if read_models:
+        keys = {key for part in found for key in part.read_model_suspects}
+        unfoldable = [stream for part in found for stream in part.unfoldable]
+        findings += await _recheck_read_models(connection, keys, unfoldable)
+    return counts, findings
+
+
+async def _check_part(
+    connection: Connection, parts: int, part: int, read_models: bool
+) -> _PartFound:
+    # The sorts and the fold's materialised steps stay in memory (this transaction only).
+    await connection.execute(sql.SET_LOCAL, "work_mem", SET_BASED_WORK_MEM)
+    try:
+        async with connection.transaction():  # a savepoint: the snapshot outlives a failure
+            row = await connection.fetchrow(verify_sql.CHAIN_SUSPECTS, part, parts)
+            assert row is not None
+            counts = {"streams": row["streams"], "events": row["events"]}
+            chain_suspects = list(row["suspects"])
+    except asyncpg.DataError:
+        # Stored bytes that hash right but are not UTF-8 JSON: judge the part in Python.
+        row = await connection.fetchrow(verify_sql.STREAMS_OF_PART, part, parts)
+        assert row is not None
+        counts = {"streams": len(row["streams"]), "events": row["events"]}
+        chain_suspects = list(row["streams"])
+    found = _PartFound(counts, chain_suspects, [], [])
+    if read_models:
+        found.unfoldable = await connection.fetchval(
+            sql.UNFOLDABLE_IN_SNAPSHOT, STREAM_PREFIX, parts, part
+        )
+        found.read_model_suspects = await connection.fetchval(
+            sql.FOLD_DIFFERENCES, STREAM_PREFIX, parts, part, found.unfoldable
+        )
+        rows = await connection.fetchrow(
+            verify_sql.COUNT_READ_MODEL_ROWS, STREAM_PREFIX, parts, part
+        )
+        assert rows is not None
+        counts["applications"] = rows["applications"]
+        counts["history_rows"] = rows["history_rows"]
+    return found
+
+
+async def _recheck_read_models(
+    connection: Connection, keys: set[UUID], unfoldable: list[str]
+) -> list[Finding]:
+    """The read-model rows of these applications (and of the streams the SQL does not
+    fold) against the projector's own fold of their streams, as the streaming check
+    compares them."""
+    findings: list[Finding] = []
+    for stream_id in unfoldable:
+        try:
+            keys.add(UUID(stream_id.removeprefix(STREAM_PREFIX)))
+        except ValueError:
+            findings.append(
+                Finding(READ_MODEL, stream_id, None, "an application stream id without a uuid")
+            )
+    if not keys:
+        return findings
+    ordered = sorted(keys)
+    stored = {
+        record["application_id"]: ApplicationRow.from_record(record)
+        for record in await connection.fetch(verify_sql.APPLICATIONS_BY_ID, ordered)
+    }
+    stored_history: dict[UUID, list[HistoryRow]] = {}
+    for record in await connection.fetch(verify_sql.HISTORY_BY_ID, ordered):
+        entry = HistoryRow(**dict(record))
+        stored_history.setdefault(entry.application_id, []).append(entry)
+    stream_ids = [f"{STREAM_PREFIX}{key}" for key in ordered]
+    streams: dict[str, list[_StreamEvent]] = {}
+    for row in await connection.fetch(verify_sql.EVENTS_OF_STREAMS, stream_ids):
+        streams.setdefault(row["stream_id"], []).append(_stream_event(row))
+    for key, stream_id in zip(ordered, stream_ids, strict=True):
+        if stream_id in streams:
+            compare_stream(
+                stream_id,
+                key,
+                streams[stream_id],
+                stored.get(key),
+                stored_history.get(key, []),
+                findings,
+            )
+        else:
+            _no_events(key, stored.get(key), stored_history.get(key, []), findings)
+    return findings
+
+
+def _stream_event(row: Any) -> _StreamEvent:
+    try:
+        data, metadata = orjson.loads(row["data"]), orjson.loads(row["metadata"])
+    except orjson.JSONDecodeError:
+        data = metadata = None
+    return _StreamEvent(
+        row["position"],
+        row["stream_version"],
+        row["event_id"],
+        row["event_type"],
+        row["schema_version"],
+        data,
+        metadata,
+        row["recorded_at"],
+        bytes(row["prev_hash"]),
+        bytes(row["hash"]),
+    )
+
+
+def _no_events(
+    key: UUID, stored: ApplicationRow | None, history: list[HistoryRow], findings: list[Finding]
+) -> None:
+    if stored is not None:
+        findings.append(
+            Finding(
+                READ_MODEL,
+                f"{STREAM_PREFIX}{key}",
+                None,
+                f"loan_applications has a row for application {key}, which has no events",
+            )
+        )
+    if history:
+        versions = [entry.stream_version for entry in history]
+        findings.append(
+            Finding(
+                READ_MODEL,
+                f"{STREAM_PREFIX}{key}",
+                None,
+                f"application_history has rows (versions {versions}) for application "
+                f"{key}, which has no events",
+            )
+        )
 
 
 # --- Parallel: stream ranges in worker processes ---
@@ -283,9 +471,10 @@ async def _check_streams(
     read_models: bool,
     stream_range: StreamRange,
     progress: Callable[[int], None] | None = None,
+    stream_ids: list[str] | None = None,
 ) -> tuple[dict[str, int], list[Finding]]:
-    """Hash every stream of the range (and fold it into read-model rows to compare);
-    the counts and the findings."""
+    """Hash every stream of the range, or of `stream_ids` (and fold it into read-model
+    rows to compare); the counts and the findings."""
     chains = StreamChains()
     merge = _ReadModelMerge(applications, history, stream_range)
     findings: list[Finding] = []
@@ -297,7 +486,9 @@ async def _check_streams(
     count = 0
 
     first, end = stream_range
-    if end is None:
+    if stream_ids is not None:
+        cursor = await events.cursor(verify_sql.EVENTS_OF_STREAMS, stream_ids)
+    elif end is None:
         cursor = await events.cursor(verify_sql.EVENTS_IN_STREAM_ORDER_FROM, first)
     else:
         cursor = await events.cursor(verify_sql.EVENTS_IN_STREAM_ORDER_BETWEEN, first, end)
@@ -321,6 +512,7 @@ async def _check_streams(
                         recorded_at,
                         prev_hash,
                         stored_hash,
+                        stored_bytes,
                     ) = row
                     if stream_id != current:
                         if folding:
@@ -337,6 +529,7 @@ async def _check_streams(
                     if not chains.broken:
                         computed: bytes | None = None
                         unreadable = None
+                        differ = False
                         if data is None:
                             unreadable = "data or metadata is not JSON this ledger can read"
                         elif contains_float(data) or contains_float(metadata):
@@ -344,7 +537,7 @@ async def _check_streams(
                         elif recorded_at is None:
                             unreadable = "recorded_at is not a finite time"
                         else:
-                            computed = stored_envelope_hash(
+                            encoded = stored_envelope_bytes(
                                 stream_id=stream_id,
                                 stream_version=version,
                                 event_id=str(event_id),
@@ -355,8 +548,10 @@ async def _check_streams(
                                 recorded_at=recorded_at,
                                 prev_hash=prev_hash,
                             )
+                            computed = sha256(encoded).digest()
+                            differ = stored_bytes is not None and stored_bytes != encoded
                         finding = chains.check(
-                            position, version, prev_hash, stored_hash, computed, unreadable
+                            position, version, prev_hash, stored_hash, computed, unreadable, differ
                         )
                         if finding is not None:
                             findings.append(finding)
@@ -535,59 +730,58 @@ class _ReadModelMerge:
         await self._pull_through(key)
         stored = self.pending_applications.pop(key, None)
         stored_history = self.pending_history.pop(key, [])
-        folded, folded_history, problem = fold_stream(stream_id, events)
-        if problem is not None:
-            findings.append(problem)
-            return
-        if folded is None:
-            return
-        if stored is None:
-            findings.append(
-                Finding(
-                    READ_MODEL,
-                    stream_id,
-                    folded.last_event_position,
-                    f"loan_applications has no row for application {key}",
-                )
-            )
-        elif stored != folded:
-            findings.append(
-                Finding(
-                    READ_MODEL,
-                    stream_id,
-                    folded.last_event_position,
-                    f"loan_applications row of application {key} differs from the fold in "
-                    + describe_difference(stored, folded),
-                )
-            )
-        history_finding = _compare_history(stream_id, key, stored_history, folded_history)
-        if history_finding is not None:
-            findings.append(history_finding)
+        compare_stream(stream_id, key, events, stored, stored_history, findings)
 
     async def finish(self, findings: list[Finding]) -> None:
         """Whatever is left in the read models belongs to no stream."""
         last = UUID(int=2**128 - 1)
         await self._pull_through(last)
-        for key in sorted(self.pending_applications):
-            findings.append(
-                Finding(
-                    READ_MODEL,
-                    f"{STREAM_PREFIX}{key}",
-                    None,
-                    f"loan_applications has a row for application {key}, which has no events",
-                )
+        for key in sorted(self.pending_applications.keys() | self.pending_history.keys()):
+            _no_events(
+                key,
+                self.pending_applications.get(key),
+                self.pending_history.get(key, []),
+                findings,
             )
-        for key in sorted(self.pending_history):
-            versions = [entry.stream_version for entry in self.pending_history[key]]
-            findings.append(
-                Finding(
-                    READ_MODEL,
-                    f"{STREAM_PREFIX}{key}",
-                    None,
-                    f"application_history has rows (versions {versions}) for application "
-                    f"{key}, which has no events",
-                )
+
+
+def compare_stream(
+    stream_id: str,
+    key: UUID,
+    events: Sequence[_StreamEvent],
+    stored: ApplicationRow | None,
+    stored_history: list[HistoryRow],
+    findings: list[Finding],
+) -> None:
+    """The stored rows of one application stream against the projector's fold of it."""
+    folded, folded_history, problem = fold_stream(stream_id, events)
+    if problem is not None:
+        findings.append(problem)
+        return
+    if folded is None:
+        return
+    if stored is None:
+        findings.append(
+            Finding(
+                READ_MODEL,
+                stream_id,
+                folded.last_event_position,
+                f"loan_applications has no row for application {key}",
             )
+        )
+    elif stored != folded:
+        findings.append(
+            Finding(
+                READ_MODEL,
+                stream_id,
+                folded.last_event_position,
+                f"loan_applications row of application {key} differs from the fold in "
+                + describe_difference(stored, folded),
+            )
+        )
+    history_finding = _compare_history(stream_id, key, stored_history, folded_history)
+    if history_finding is not None:
+        findings.append(history_finding)
 
 
 def _compare_history(

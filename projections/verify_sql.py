@@ -20,7 +20,7 @@ SELECT e.stream_id, e.stream_version, e.position, e.event_id, e.event_type,
        e.schema_version, e.data::text AS data, e.metadata::text AS metadata,
        to_char(e.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
            AS recorded_at,
-       e.prev_hash, e.hash
+       e.prev_hash, e.hash, e.hashed
 FROM events e
 """
 
@@ -121,3 +121,84 @@ WHERE t.tgrelid IN (to_regclass('public.events'), to_regclass('public.ledger_log
 COUNT_SEALS = "SELECT count(*) FROM seals"
 
 STREAM_OF_POSITION = "SELECT stream_id FROM events WHERE position = $1"
+
+# --- Set-based: each event against its stored canonical bytes (events.hashed) ---
+#
+# For part $1 of $2 (a hash of the stream id, one part per connection), in one pass over
+# the events and one sort of narrow rows: every event whose stored bytes hash to its hash,
+# say exactly what its columns say (as JSON values: the bytes parsed, compared with the
+# envelope built from the columns), follow the previous event's hash, at the next version.
+# Returns the counts and the streams with any event that does not (or that has no stored
+# bytes: written before the column existed): those are judged again in Python, event by
+# event, to name the first bad one exactly as the streaming check does. The parse is only
+# attempted on bytes whose hash matches (CASE keeps the order), so a forged row cannot
+# make the statement fail on its own; bytes that hash right but are not UTF-8 JSON would,
+# and then the caller checks the part in Python instead.
+CHAIN_SUSPECTS = """
+SELECT count(*) AS events,
+       count(*) FILTER (WHERE t.first) AS streams,
+       coalesce(array_agg(DISTINCT t.stream_id) FILTER (WHERE NOT t.ok), '{}') AS suspects
+FROM (
+    SELECT r.stream_id,
+           lag(r.stream_version) OVER w IS NULL AS first,
+           r.ok AND r.stream_version = row_number() OVER w
+                AND r.prev_hash = coalesce(lag(r.hash) OVER w, decode(repeat('00', 32), 'hex'))
+               AS ok
+    FROM (
+        SELECT e.stream_id COLLATE "C" AS stream_id, e.stream_version, e.prev_hash, e.hash,
+               CASE WHEN e.hashed IS NULL OR sha256(e.hashed) <> e.hash THEN false
+                    ELSE convert_from(e.hashed, 'UTF8')::jsonb = jsonb_build_object(
+                        'stream_id', e.stream_id,
+                        'stream_version', e.stream_version,
+                        'event_id', e.event_id::text,
+                        'event_type', e.event_type,
+                        'schema_version', e.schema_version,
+                        'data', e.data,
+                        'metadata', e.metadata,
+                        'recorded_at', to_char(e.recorded_at AT TIME ZONE 'UTC',
+                                               'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+                        'prev_hash', encode(e.prev_hash, 'hex'))
+               END AS ok
+        FROM events e
+        WHERE $2::integer <= 1 OR abs(hashtext(e.stream_id) % $2::integer) = $1::integer
+        OFFSET 0
+    ) r
+    WINDOW w AS (PARTITION BY r.stream_id ORDER BY r.stream_version)
+) t
+"""
+
+# How many events lack stored bytes (written before events.hashed existed): many, and the
+# streaming check in Python is the better way for the whole ledger.
+COUNT_UNHASHED = "SELECT count(*) FROM events WHERE hashed IS NULL"
+
+# The events of some streams ($1), as the streaming check reads them.
+EVENTS_OF_STREAMS = f"""{_EVENTS}
+WHERE e.stream_id = ANY ($1::text[])
+ORDER BY e.stream_id, e.stream_version
+"""
+
+# Read-model rows counted per part ($2 parts, part $3; $1 the stream prefix), as the
+# set-based comparison (projections/sql.py, FOLD_DIFFERENCES) splits them.
+COUNT_READ_MODEL_ROWS = """
+SELECT (SELECT count(*) FROM loan_applications a
+        WHERE $2::integer <= 1
+           OR abs(hashtext($1::text || a.application_id::text) % $2::integer) = $3::integer)
+           AS applications,
+       (SELECT count(*) FROM application_history a
+        WHERE $2::integer <= 1
+           OR abs(hashtext($1::text || a.application_id::text) % $2::integer) = $3::integer)
+           AS history_rows
+"""
+
+APPLICATIONS_BY_ID = f"""
+SELECT {APPLICATION_COLUMNS} FROM loan_applications WHERE application_id = ANY ($1::uuid[])
+"""
+
+HISTORY_BY_ID = f"{SELECT_ALL_HISTORY} WHERE application_id = ANY ($1::uuid[])"
+
+# Every stream of a part ($1 of $2), when the set-based check cannot judge it.
+STREAMS_OF_PART = """
+SELECT coalesce(array_agg(DISTINCT e.stream_id), '{}') AS streams, count(*) AS events
+FROM events e
+WHERE $2::integer <= 1 OR abs(hashtext(e.stream_id) % $2::integer) = $1::integer
+"""

@@ -191,6 +191,9 @@ async def _rebuild_all(
     report: MaintenanceReport,
     err: TextIO,
 ) -> int:
+    async def open_connection() -> Connection:
+        return await connect(url)
+
     connection = await connect(url)
     try:
         for projector in projectors:
@@ -203,6 +206,7 @@ async def _rebuild_all(
                         batch_size=batch_size,
                         lock_timeout=lock_timeout,
                         on_progress=tracker.update,
+                        open_connection=open_connection,
                     )
                     tracker.update(result.events, max(result.events, tracker.total or 0))
             except RebuildInProgress as busy:

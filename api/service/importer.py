@@ -12,10 +12,16 @@ import (ids derived from the file, `submitted_at`, correlation ids).
 All or nothing with respect to bad lines: a first pass reads the whole file and checks
 every line; if any is refused, every refused line is reported with its number and nothing
 is imported (exit 1). Otherwise the second pass imports in batches, one transaction per
-batch (events of many applications in one statement, then the read models). A crash
-mid-import leaves whole batches; running the same command again skips the applications
-already recorded (their ids derive from the file's SHA-256 and the line number) and
-imports the rest.
+batch: the batch's events by binary COPY into the event table (with the canonical bytes
+each hash covers), then the read models of those new streams built set-based in the same
+transaction (`projections.runner.project_new_streams`, the rebuild's fold restricted to
+the transaction's own events). A crash mid-import leaves whole batches; running the same
+command again skips the applications already recorded (their ids derive from the file's
+SHA-256 and the line number) and imports the rest.
+
+Both passes parse (pydantic, per line), and the second also scores, decides and hashes:
+that is most of an import's CPU, so for a large file both run in worker processes (one per
+core), on chunks of lines, while this process reads the file and writes to the database.
 """
 
 from __future__ import annotations
@@ -23,13 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import multiprocessing
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import asyncpg
+import orjson
 from pydantic import ValidationError
 
 from api.jsonio import loads_exact
@@ -45,15 +56,28 @@ from ledger.bulk import (
     parse_submitted_at,
 )
 from ledger.canonical import GENESIS_HASH
-from ledger.chain import chain_new_events
-from ledger.db import Connection, connect
+from ledger.chain import chain_new_events, chain_new_events_hashed
+from ledger.db import Connection, connect_for_copy
+from ledger.errors import ConcurrencyConflict
 from ledger.events import RecordedEvent
 from ledger.scoring import ScoringModel
-from ledger.store import append_new_streams, existing_streams
-from projections.runner import project_inline
+from ledger.sql import COPY_EVENT_COLUMNS
+from ledger.store import conflicting_stream, existing_streams
+from projections.runner import project_new_streams
 
-DEFAULT_BATCH_SIZE = 2000
+DEFAULT_BATCH_SIZE = 10_000
 """Applications per transaction (three events each)."""
+
+CHUNK_LINES = 2_000
+"""Lines per task of a worker process."""
+
+CHUNKS_AHEAD = 16
+"""Chunks given to the worker processes ahead of the one being consumed: more than a batch,
+so they keep working while this process writes one."""
+
+PARALLEL_FROM_BYTES = 1_000_000
+"""Files from this size are parsed and prepared in worker processes (one per core with
+`jobs=0`); below it, starting them costs more than they save."""
 
 MAX_REPORTED_BAD_LINES = 1000
 """Refused lines kept for the report; the count is always exact."""
@@ -145,22 +169,6 @@ def _numbered_lines(file: BinaryIO, digest: Any) -> Iterator[tuple[int, bytes]]:
             yield line_number, raw
 
 
-def check_file(path: Path, not_after: datetime) -> FileCheck:
-    """The first pass: every line checked, nothing written."""
-    digest = hashlib.sha256()
-    check = FileCheck(digest=b"")
-    with path.open("rb") as file:
-        for line_number, raw in _numbered_lines(file, digest):
-            try:
-                parse_line(raw, line_number, not_after)
-            except LineRefused as refused:
-                check.refuse(line_number, str(refused))
-            else:
-                check.applications += 1
-    check.digest = digest.digest()
-    return check
-
-
 def application_events(
     parsed: ParsedLine,
     file_digest: bytes,
@@ -195,6 +203,170 @@ def application_events(
     )
 
 
+CopyRecord = tuple[Any, ...]
+"""One event as the COPY into `events` takes it (ledger.sql.COPY_EVENT_COLUMNS); data and
+metadata as JSON bytes."""
+
+
+def application_records(
+    parsed: ParsedLine,
+    file_digest: bytes,
+    model: ScoringModel,
+    actor: str,
+    now: datetime,
+) -> list[CopyRecord]:
+    """`application_events` as COPY records, with the canonical bytes each hash covers."""
+    request = parsed.request
+    command = SubmitApplication(
+        application_id=application_id_for(file_digest, parsed.line_number),
+        applicant_id=request.applicant_id,
+        amount=request.amount,
+        income=request.income,
+        employment_years=request.employment_years,
+        submitted_by=actor,
+    )
+    recorded_at = parsed.submitted_at or now
+    context = RequestContext(
+        actor=actor,
+        correlation_id=correlation_id_for(file_digest, parsed.line_number),
+        idempotency_key=None,
+        fingerprint=b"",
+    )
+    events, hashed = chain_new_events_hashed(
+        stream_id_for(command.application_id),
+        0,
+        GENESIS_HASH,
+        with_metadata(decide(None, command, recorded_at, model), context),
+        recorded_at,
+    )
+    dumps = orjson.dumps
+    return [
+        (
+            e.stream_id,
+            e.stream_version,
+            e.event_id,
+            e.event_type,
+            e.schema_version,
+            dumps(e.data),
+            dumps(e.metadata),
+            e.recorded_at,
+            e.prev_hash,
+            e.hash,
+            encoded,
+        )
+        for e, encoded in zip(events, hashed, strict=True)
+    ]
+
+
+Lines = list[tuple[int, bytes]]
+
+
+def check_lines(lines: Lines, not_after: datetime) -> tuple[int, int, list[BadLine]]:
+    """A chunk of the first pass: (valid lines, refused lines, the first refused of them)."""
+    valid = refused = 0
+    bad: list[BadLine] = []
+    for line_number, raw in lines:
+        try:
+            parse_line(raw, line_number, not_after)
+        except LineRefused as error:
+            refused += 1
+            if len(bad) < MAX_REPORTED_BAD_LINES:
+                bad.append(BadLine(line_number, str(error)))
+        else:
+            valid += 1
+    return valid, refused, bad
+
+
+def prepare_lines(
+    lines: Lines,
+    file_digest: bytes,
+    model: ScoringModel,
+    actor: str,
+    not_after: datetime,
+) -> list[list[CopyRecord]]:
+    """A chunk of the second pass: each line's events as COPY records."""
+    prepared = []
+    for line_number, raw in lines:
+        try:
+            parsed = parse_line(raw, line_number, not_after)
+        except LineRefused as refused:
+            raise FileChanged(f"line {line_number} is refused now: {refused}") from None
+        now = datetime.now(UTC)
+        prepared.append(application_records(parsed, file_digest, model, actor, now))
+    return prepared
+
+
+def _chunks(file: BinaryIO, digest: Any, size: int) -> Iterator[Lines]:
+    chunk: Lines = []
+    for numbered in _numbered_lines(file, digest):
+        chunk.append(numbered)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def _in_order(
+    executor: Executor | None, chunks: Iterator[Lines], work: Any, *args: Any
+) -> AsyncIterator[Any]:
+    """`work(chunk, *args)` for each chunk, in order; with an executor, a few chunks ahead
+    in its worker processes (reading the next chunk of the file in this process)."""
+    loop = asyncio.get_running_loop()
+    if executor is None:
+        for chunk in chunks:
+            yield work(chunk, *args)
+            await asyncio.sleep(0)
+        return
+    ahead = CHUNKS_AHEAD
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        for chunk in chunks:
+            pending.append(loop.run_in_executor(executor, work, chunk, *args))
+            while len(pending) >= ahead:
+                yield await pending.pop(0)
+        while pending:
+            yield await pending.pop(0)
+    finally:
+        for future in pending:
+            future.cancel()
+
+
+def _count(check: FileCheck, valid: int, refused: int, bad: list[BadLine]) -> None:
+    check.applications += valid
+    check.bad_count += refused
+    check.bad_lines.extend(bad[: MAX_REPORTED_BAD_LINES - len(check.bad_lines)])
+
+
+def check_file(path: Path, not_after: datetime) -> FileCheck:
+    """The first pass, in this process: every line checked, nothing written."""
+    digest = hashlib.sha256()
+    check = FileCheck(digest=b"")
+    with path.open("rb") as file:
+        for chunk in _chunks(file, digest, CHUNK_LINES):
+            _count(check, *check_lines(chunk, not_after))
+    check.digest = digest.digest()
+    return check
+
+
+async def check_file_async(
+    path: Path, not_after: datetime, executor: Executor | None = None
+) -> FileCheck:
+    """The first pass, in the executor's worker processes (without one: `check_file` in a
+    thread)."""
+    if executor is None:
+        return await asyncio.to_thread(check_file, path, not_after)
+    digest = hashlib.sha256()
+    check = FileCheck(digest=b"")
+    with path.open("rb") as file:
+        async for counted in _in_order(
+            executor, _chunks(file, digest, CHUNK_LINES), check_lines, not_after
+        ):
+            _count(check, *counted)
+    check.digest = digest.digest()
+    return check
+
+
 @dataclass(frozen=True, slots=True)
 class BatchWritten:
     applications: int
@@ -202,44 +374,24 @@ class BatchWritten:
     already_present: int
 
 
-async def write_batch(
-    connection: Connection, applications: list[list[RecordedEvent]]
-) -> BatchWritten:
-    """One transaction: the batch's events (skipping applications already recorded) and
-    their read models."""
-    stream_ids = [events[0].stream_id for events in applications]
+async def write_batch(connection: Connection, applications: list[list[CopyRecord]]) -> BatchWritten:
+    """One transaction: the batch's events by COPY (skipping applications already
+    recorded), then the read models of those new streams, set-based."""
+    stream_ids = [records[0][0] for records in applications]
     async with connection.transaction():
         present = await existing_streams(connection, stream_ids)
-        fresh = [e for events in applications if events[0].stream_id not in present for e in events]
-        stored = await append_new_streams(connection, fresh)
-        await project_inline(connection, stored)
-    return BatchWritten(len(applications) - len(present), len(stored), len(present))
-
-
-def _prepared_batches(
-    file: BinaryIO,
-    digest: Any,
-    check: FileCheck,
-    *,
-    model: ScoringModel,
-    actor: str,
-    batch_size: int,
-    not_after: datetime,
-) -> Iterator[list[list[RecordedEvent]]]:
-    """The file's applications as events, `batch_size` applications at a time."""
-    batch: list[list[RecordedEvent]] = []
-    for line_number, raw in _numbered_lines(file, digest):
-        try:
-            parsed = parse_line(raw, line_number, not_after)
-        except LineRefused as refused:
-            raise FileChanged(f"line {line_number} is refused now: {refused}") from None
-        now = datetime.now(UTC)
-        batch.append(application_events(parsed, check.digest, model, actor, now))
-        if len(batch) >= batch_size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+        records = [r for app in applications if app[0][0] not in present for r in app]
+        if records:
+            try:
+                await connection.copy_records_to_table(
+                    "events", records=records, columns=COPY_EVENT_COLUMNS
+                )
+            except asyncpg.UniqueViolationError as error:
+                if error.constraint_name == "events_stream_version_unique":
+                    raise ConcurrencyConflict(conflicting_stream(error), 0) from None
+                raise
+            await project_new_streams(connection)
+    return BatchWritten(len(applications) - len(present), len(records), len(present))
 
 
 async def import_checked_file(
@@ -251,44 +403,38 @@ async def import_checked_file(
     actor: str,
     batch_size: int,
     not_after: datetime,
+    executor: Executor | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[int, int, int]:
     """The second pass over a file whose check found no refused line.
 
     Returns (applications recorded, events recorded, applications already present).
-    Batch k+1 is prepared (parsed, decided, hashed) in a thread while the event loop has
-    the database write batch k: the server's work overlaps with this process's.
-    `progress`, if given, is called with the number of applications of each batch written
-    (recorded now or already present).
+    Chunks are prepared (parsed, decided, hashed) in the executor's worker processes while
+    this process writes the batch before: the database's work overlaps with theirs.
     """
     digest = hashlib.sha256()
     written: list[BatchWritten] = []
-    writing: asyncio.Task[BatchWritten] | None = None
-    try:
-        with path.open("rb") as file:
-            batches = _prepared_batches(
-                file,
-                digest,
-                check,
-                model=model,
-                actor=actor,
-                batch_size=batch_size,
-                not_after=not_after,
-            )
-            # Only one thread at a time advances the generator: each next() is awaited.
-            batch = await asyncio.to_thread(next, batches, None)
-            while batch is not None:
-                writing = asyncio.create_task(write_batch(connection, batch))
-                batch = await asyncio.to_thread(next, batches, None)
-                written.append(await writing)
-                writing = None
+    batch: list[list[CopyRecord]] = []
+    with path.open("rb") as file:
+        async for prepared in _in_order(
+            executor,
+            _chunks(file, digest, CHUNK_LINES),
+            prepare_lines,
+            check.digest,
+            model,
+            actor,
+            not_after,
+        ):
+            batch.extend(prepared)
+            if len(batch) >= batch_size:
+                written.append(await write_batch(connection, batch))
+                batch = []
                 if progress is not None:
                     progress(written[-1].applications + written[-1].already_present)
-    finally:
-        if writing is not None:  # stopped by an error: the batch in flight rolls back
-            writing.cancel()
-            with contextlib.suppress(BaseException):
-                await writing
+        if batch:
+            written.append(await write_batch(connection, batch))
+            if progress is not None:
+                progress(written[-1].applications + written[-1].already_present)
     if digest.digest() != check.digest:
         raise FileChanged("the file changed while it was being imported")
     return (
@@ -296,6 +442,19 @@ async def import_checked_file(
         sum(w.events for w in written),
         sum(w.already_present for w in written),
     )
+
+
+@contextlib.contextmanager
+def _workers(path: Path, jobs: int) -> Iterator[Executor | None]:
+    """Worker processes for a large file (`jobs` 0: one per core), else None."""
+    if jobs == 0:
+        jobs = (os.cpu_count() or 1) if path.stat().st_size >= PARALLEL_FROM_BYTES else 1
+    if jobs <= 1:
+        yield None
+        return
+    context = multiprocessing.get_context("spawn")  # no inherited event loop or sockets
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as executor:
+        yield executor
 
 
 async def import_file(
@@ -306,30 +465,35 @@ async def import_file(
     actor: str = DEFAULT_ACTOR,
     batch_size: int = DEFAULT_BATCH_SIZE,
     check_only: bool = False,
+    jobs: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> ImportResult:
     """Check the whole file, then (unless a line is refused, or `check_only`) import it.
-    `progress`: called with the applications of each batch written (import_checked_file)."""
+
+    `jobs`: worker processes that parse and prepare (0: one per core for a large file).
+    `progress`: called with the applications of each batch written (recorded or present)."""
     started = time.perf_counter()
     not_after = datetime.now(UTC)
-    check = await asyncio.to_thread(check_file, path, not_after)
     recorded = events = present = 0
-    if check.bad_count == 0 and not check_only and check.applications:
-        connection = await connect(url)
-        try:
-            await ensure_schema(connection)
-            recorded, events, present = await import_checked_file(
-                connection,
-                path,
-                check,
-                model=model,
-                actor=actor,
-                batch_size=batch_size,
-                not_after=not_after,
-                progress=progress,
-            )
-        finally:
-            await connection.close()
+    with _workers(path, jobs) as executor:
+        check = await check_file_async(path, not_after, executor)
+        if check.bad_count == 0 and not check_only and check.applications:
+            connection = await connect_for_copy(url)
+            try:
+                await ensure_schema(connection)
+                recorded, events, present = await import_checked_file(
+                    connection,
+                    path,
+                    check,
+                    model=model,
+                    actor=actor,
+                    batch_size=batch_size,
+                    not_after=not_after,
+                    executor=executor,
+                    progress=progress,
+                )
+            finally:
+                await connection.close()
     return ImportResult(
         file=str(path),
         digest=check.digest.hex(),

@@ -24,7 +24,7 @@ import pytest
 from api.service.settings import Settings
 from api.web.app import create_app
 from ledger.application import STREAM_PREFIX
-from ledger.chain import hash_of_event
+from ledger.chain import hash_and_bytes, hash_of_event
 from ledger.db import create_pool
 from ledger.events import RecordedEvent
 from ledger.seals import Seal, latest_seal, sign_seal
@@ -95,10 +95,24 @@ async def wait_until_sealed(service: Sealing, timeout: float = 20.0) -> Seal:
         await asyncio.sleep(0.05)
 
 
+def canonical_envelope(event: RecordedEvent) -> bytes:
+    return hash_and_bytes(
+        event.stream_id,
+        event.stream_version,
+        event.event_id,
+        event.event_type,
+        event.schema_version,
+        event.data,
+        event.metadata,
+        event.recorded_at,
+        event.prev_hash,
+    )[1]
+
+
 async def forge(pool: asyncpg.Pool, stream_id: str, version: int, data: dict[str, Any]) -> int:
     """As the attacker: a superuser edits one event's data, recomputes its hash and its
-    successors' (prev_hash and hash, with the project's own hash function), so every
-    stream chain still holds. Returns the forged event's position."""
+    successors' (prev_hash, hash and the stored canonical bytes, with the project's own
+    functions), so every stream chain still holds. Returns the forged event's position."""
     async with pool.acquire() as connection:
         stream = [e for e in await all_events(connection) if e.stream_id == stream_id]
     forged: list[RecordedEvent] = []
@@ -112,7 +126,8 @@ async def forge(pool: asyncpg.Pool, stream_id: str, version: int, data: dict[str
         forged.append(event)
     statements = [
         f"UPDATE events SET data = '{orjson.dumps(e.data).decode()}'::jsonb, "
-        f"prev_hash = '\\x{e.prev_hash.hex()}', hash = '\\x{e.hash.hex()}' "
+        f"prev_hash = '\\x{e.prev_hash.hex()}', hash = '\\x{e.hash.hex()}', "
+        f"hashed = '\\x{canonical_envelope(e).hex()}' "
         f"WHERE position = {e.position}"
         for e in forged
         if e.stream_version >= version
@@ -146,6 +161,11 @@ async def test_a_forged_recent_event_is_named_once_the_sequencers_seal_covers_it
     async with sealing_service(await make_database(), tmp_path) as service:
         submitted = await apply(service, 3)
         seal = await wait_until_sealed(service)  # nobody asked for it: the sequencer sealed
+        # The witness file is written right after the seal commits: wait for it (bounded).
+        deadline = time.monotonic() + 10
+        while seal.tree_size not in witnessed_sizes(service.witness):
+            assert time.monotonic() < deadline, "the seal was not witnessed"
+            await asyncio.sleep(0.02)
         assert witnessed_sizes(service.witness)[-1] == seal.tree_size
         clean = await run_verify(service, monkeypatch, "--witness", str(service.witness))
         assert clean["ok"], clean["findings"]

@@ -171,9 +171,11 @@ async def test_imported_applications_are_what_the_api_records(
         assert _comparable_row(rows[imported_id]) == _comparable_row(rows[api_id])
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 async def test_read_models_equal_the_fold_and_history_orders_by_submission(
-    fresh_url: str, tmp_path: Path
+    fresh_url: str, tmp_path: Path, jobs: int
 ) -> None:
+    """With jobs=2 the lines are parsed and prepared in two worker processes."""
     old = {"applicant_id": "cust_hist", "amount": 100, "income": 1000, "employment_years": 1}
     lines = [
         as_line({**old, "submitted_at": "2020-01-01T00:00:00Z"}),
@@ -181,7 +183,7 @@ async def test_read_models_equal_the_fold_and_history_orders_by_submission(
         as_line({**old, "amount": 300, "submitted_at": "2021-06-01T12:00:00-05:00"}),
     ]
     path = write_lines(tmp_path / "hist.jsonl", lines)
-    result = await import_file(fresh_url, path, model=RATIO_V1, batch_size=2)
+    result = await import_file(fresh_url, path, model=RATIO_V1, batch_size=2, jobs=jobs)
     assert result.applications == 3
     connection = await connect(fresh_url)
     try:
@@ -218,13 +220,14 @@ BAD_LINES = {
 }
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
 async def test_bad_lines_are_reported_with_their_numbers_and_nothing_is_imported(
-    fresh_url: str, tmp_path: Path
+    fresh_url: str, tmp_path: Path, jobs: int
 ) -> None:
     good = as_line(APPLICATIONS[0])
     lines = [good] + [BAD_LINES[n] for n in sorted(BAD_LINES)] + ["", good]
     path = write_lines(tmp_path / "bad.jsonl", lines)
-    result = await import_file(fresh_url, path, model=RATIO_V1)
+    result = await import_file(fresh_url, path, model=RATIO_V1, jobs=jobs)
     assert result.bad_count == len(BAD_LINES)
     assert [bad.line_number for bad in result.bad_lines] == sorted(BAD_LINES)
     messages = {bad.line_number: bad.message for bad in result.bad_lines}

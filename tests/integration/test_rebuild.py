@@ -352,6 +352,18 @@ async def shadow_checkpoint(connection: Connection) -> int:
     return int(last_seq or 0)
 
 
+async def building_shadow_waits(connection: Connection) -> bool:
+    """Whether the shadow exists and the rebuild's bulk statement waits for a lock on the
+    event table."""
+    waiting: bool = await connection.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'rebuild_applications') "
+        "AND EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "WHERE l.relation = 'events'::regclass AND NOT l.granted "
+        "AND a.query LIKE '%hashtext(e.stream_id)%')"
+    )
+    return waiting
+
+
 def kill_if_running(process: subprocess.Popen[bytes]) -> None:
     if process.poll() is None:
         process.kill()
@@ -362,10 +374,10 @@ def kill_if_running(process: subprocess.Popen[bytes]) -> None:
 async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole_and_reruns(
     make_database: MakeDatabase, tmp_path: Path
 ) -> None:
-    """`lending-ledger rebuild` as a separate process, SIGKILLed while its shadow is part
-    folded (no handler runs, no failure is recorded): the live tables are the ones from
-    before, appends keep working, the status reads `interrupted`, and the next run starts
-    afresh, drops the leftovers and swaps in tables equal to the fold."""
+    """`lending-ledger rebuild` as a separate process, SIGKILLed while it builds its shadow
+    (no handler runs, no failure is recorded): the live tables are the ones from before,
+    appends keep working, the status reads `interrupted`, and the next run starts afresh,
+    drops the leftovers and swaps in tables equal to the fold."""
     async with fresh_service(make_database) as service:
         applications = 1200
         source = write_lines(
@@ -384,7 +396,7 @@ async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole
         )
         imported = await import_file(service.url, source, model=RATIO_V1)
         assert imported.events == 3 * applications
-        head = await wait_until_sequenced(service.pool)
+        await wait_until_sequenced(service.pool)
         async with service.pool.acquire() as connection:
             before = await snapshot(connection)
         assert len(before["loan_applications"]) == applications
@@ -407,20 +419,29 @@ async def test_the_rebuild_command_killed_mid_build_leaves_the_live_tables_whole
                     env=environment,
                 )
 
-        process = start_rebuild("killed.log")
+        # The build reads the whole log in one statement per connection, so "part built"
+        # is a shadow that exists while that statement runs. Hold it there: a transaction
+        # of the test locks the event table, the rebuild's statement waits for it, and the
+        # process is killed while it waits (its transaction never commits).
+        holder = await connect(service.url)
         try:
-            async with service.pool.acquire() as looking, asyncio.timeout(DEADLINE):
-                while await shadow_checkpoint(looking) == 0:
-                    assert process.poll() is None, (tmp_path / "killed.log").read_text()
-                    await asyncio.sleep(0.005)
-                process.send_signal(signal.SIGKILL)
-                assert await asyncio.to_thread(process.wait, DEADLINE) == -signal.SIGKILL
+            await holder.execute("BEGIN; LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+            process = start_rebuild("killed.log")
+            try:
+                async with service.pool.acquire() as looking, asyncio.timeout(DEADLINE):
+                    while not await building_shadow_waits(looking):
+                        assert process.poll() is None, (tmp_path / "killed.log").read_text()
+                        await asyncio.sleep(0.005)
+                    process.send_signal(signal.SIGKILL)
+                    assert await asyncio.to_thread(process.wait, DEADLINE) == -signal.SIGKILL
+            finally:
+                kill_if_running(process)
+            await holder.execute("ROLLBACK")
         finally:
-            kill_if_running(process)
+            await holder.close()
 
         async with service.pool.acquire() as connection:
-            folded = await shadow_checkpoint(connection)
-            assert 0 < folded < head  # it died with the shadow part built
+            assert await shadow_checkpoint(connection) == 0  # it died with the shadow unbuilt
             assert await snapshot(connection) == before
             assert await rebuild_schemas(connection) == ["rebuild_applications"]
             # The server ends the dead client's session, which releases its lock.

@@ -1,7 +1,8 @@
-"""The set-based rebuild (projections/sql.py, FOLD_APPLICATIONS_WINDOW) against the Python
-fold, the reference: arbitrary event histories written straight into the event table, with
-every stored schema version (v1 events are upcast), data the SQL leaves to the Python fold,
-recorded times in any order, and log windows small enough that streams straddle them."""
+"""The set-based rebuild (projections/sql.py, FOLD_LOG_INTO) against the Python fold, the
+reference: arbitrary event histories written straight into the event table, with every
+stored schema version (v1 events are upcast), data the SQL leaves to the Python fold,
+recorded times in any order, streams interleaved in the log, and the build split over one
+to three connections."""
 
 from __future__ import annotations
 
@@ -162,8 +163,13 @@ def recorded(
 
 
 @pytest.fixture(scope="module")
-async def ledger(make_database: MakeDatabase) -> AsyncIterator[Connection]:
-    connection = await connect(await make_database())
+async def ledger_url(make_database: MakeDatabase) -> str:
+    return await make_database()
+
+
+@pytest.fixture(scope="module")
+async def ledger(ledger_url: str) -> AsyncIterator[Connection]:
+    connection = await connect(ledger_url)
     yield connection
     await connection.close()
 
@@ -176,18 +182,21 @@ async def ledger(make_database: MakeDatabase) -> AsyncIterator[Connection]:
     offsets=st.lists(st.integers(-5000, 5000), min_size=1, max_size=4),
     batch_size=st.integers(1, 3),
     interleave=st.booleans(),
+    jobs=st.integers(1, 3),
 )
 async def test_the_set_based_rebuild_equals_the_python_fold(
     ledger: Connection,
+    ledger_url: str,
     streams: list[list[tuple[str, int, dict[str, Any]]]],
     offsets: list[int],
     batch_size: int,
     interleave: bool,
+    jobs: int,
 ) -> None:
     chained = [recorded(stream, offsets) for stream in streams]
     if interleave:
         # Each stream's first event in one transaction, the rest in a later one: the log
-        # interleaves the streams, so windows end mid-stream.
+        # interleaves the streams.
         async with ledger.transaction():
             await append_new_streams(ledger, [stream[0] for stream in chained])
         async with ledger.transaction():
@@ -196,8 +205,15 @@ async def test_the_set_based_rebuild_equals_the_python_fold(
         async with ledger.transaction():
             await append_new_streams(ledger, [event for stream in chained for event in stream])
     await sequence_all(ledger)
-    # The whole log in windows of 10 * batch_size seqs: streams straddle windows.
-    await rebuild(ledger, APPLICATIONS, batch_size=batch_size)
+    # The streams the SQL leaves are folded by `apply` in batches of batch_size events, so
+    # they straddle batches; the bulk build is split over `jobs` connections.
+
+    async def open_connection() -> Connection:
+        return await connect(ledger_url)
+
+    await rebuild(
+        ledger, APPLICATIONS, batch_size=batch_size, open_connection=open_connection, jobs=jobs
+    )
     await assert_read_models_equal_the_fold(ledger)
 
 
@@ -218,12 +234,15 @@ async def test_the_sql_leaves_unusual_data_to_the_python_fold(ledger: Connection
     ]
     plain = [("ApplicationSubmitted", 1, {**stream[0][2], "amount": "7.50"})]
     events = recorded(stream, [0])
+    plain_events = recorded(plain, [0])
     async with ledger.transaction():
-        await append_new_streams(ledger, [*events, *recorded(plain, [0])])
+        await append_new_streams(ledger, [*events, *plain_events])
     await sequence_all(ledger)
-    head: int = await ledger.fetchval("SELECT last_seq FROM ledger_cursor")
-    left = await ledger.fetchval(sql.APPLICATIONS_LEFT_TO_PYTHON, head - 2, head, STREAM_PREFIX)
-    assert left == [events[0].stream_id]
+    cursor = await ledger.fetchrow(sql.SELECT_CURSOR)
+    assert cursor is not None
+    left = await ledger.fetchval(sql.UNFOLDABLE_IN_LOG, STREAM_PREFIX, cursor[0], cursor[1], 1, 0)
+    assert events[0].stream_id in left
+    assert plain_events[0].stream_id not in left
     await rebuild(ledger, APPLICATIONS)
     await assert_read_models_equal_the_fold(ledger)
     assert len(await all_events(ledger)) >= 1

@@ -39,6 +39,7 @@ from ledger.verify import (
     check_triggers,
     contains_float,
     function_body,
+    stored_envelope_bytes,
     stored_envelope_hash,
 )
 from projections.verify import stream_ranges
@@ -300,13 +301,73 @@ async def move_recorded_at(url: str, stream: Stream) -> int:
     return stream.positions[2]
 
 
+async def edit_hashed(url: str, stream: Stream) -> int:
+    """The stored canonical bytes alone: the columns and the hash still agree."""
+    await as_superuser(
+        url,
+        "UPDATE events SET hashed = hashed || '\\x20'::bytea "
+        f"WHERE position = {stream.positions[1]}",
+    )
+    return stream.positions[1]
+
+
+async def edit_data_and_hashed(url: str, stream: Stream) -> int:
+    """The data and, to match it, the stored bytes (re-encoded canonically): the hash
+    they no longer match is what tells."""
+    position = stream.positions[1]
+    connection = await asyncpg.connect(url)
+    try:
+        row = await connection.fetchrow(
+            "SELECT stream_id, stream_version, event_id, event_type, schema_version, "
+            "data::text AS data, metadata::text AS metadata, prev_hash, "
+            "to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') AS at "
+            "FROM events WHERE position = $1",
+            position,
+        )
+    finally:
+        await connection.close()
+    assert row is not None
+    data = {**json.loads(row["data"]), "note": "forged"}
+    encoded = stored_envelope_bytes(
+        stream_id=row["stream_id"],
+        stream_version=row["stream_version"],
+        event_id=str(row["event_id"]),
+        event_type=row["event_type"],
+        schema_version=row["schema_version"],
+        data=data,
+        metadata=json.loads(row["metadata"]),
+        recorded_at=row["at"],
+        prev_hash=bytes(row["prev_hash"]),
+    )
+    await as_superuser(
+        url,
+        f"UPDATE events SET data = '{json.dumps(data)}'::jsonb, "
+        f"hashed = '\\x{encoded.hex()}'::bytea WHERE position = {position}",
+    )
+    return position
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["set-based", "streaming"])
 @pytest.mark.parametrize(
     "tamper",
-    [edit_data, edit_hash, delete_row, swap_versions, move_recorded_at],
+    [
+        edit_data,
+        edit_hash,
+        delete_row,
+        swap_versions,
+        move_recorded_at,
+        edit_hashed,
+        edit_data_and_hashed,
+    ],
 )
 async def test_a_changed_event_is_named_with_its_stream_and_first_bad_position(
-    ledger: str, monkeypatch: pytest.MonkeyPatch, tamper: Tamper
+    ledger: str, monkeypatch: pytest.MonkeyPatch, tamper: Tamper, streaming: bool
 ) -> None:
+    """Set-based (the events' stored canonical bytes, checked by the database) and
+    streaming (every event encoded again in Python, as for a ledger written before
+    `events.hashed`) name the same stream and position."""
+    if streaming:
+        monkeypatch.setattr("projections.verify.STREAMING_FROM_UNHASHED", -1)
     [stream, _] = await longest_streams(ledger)
     first_bad = await tamper(ledger, stream)
     code, report = await verify_json(ledger, monkeypatch)

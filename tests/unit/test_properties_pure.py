@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from fractions import Fraction
 from typing import Any
@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.application import SubmitApplication, decide, fold
-from ledger.canonical import GENESIS_HASH, canonical_bytes
+from ledger.canonical import GENESIS_HASH, canonical_bytes, format_timestamp
 from ledger.chain import hash_of_event, verify_stream
 from ledger.events import DomainEvent, RecordedEvent, ScoringInputs
 from ledger.scoring import RATIO_V1
@@ -175,3 +175,18 @@ def test_fold_of_decided_events_matches_the_score(
     assert state is not None
     assert state.risk_score == exact_ratio_v1(amount, income, employment_years)
     assert state.status == ("approved" if state.risk_score >= 80 else "in_review")
+
+
+@given(
+    moment=st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.sampled_from(
+            [UTC, timezone(timedelta(hours=-11)), timezone(timedelta(hours=13))]
+        ),
+    )
+)
+def test_the_hashed_time_is_the_documented_strftime(moment: datetime) -> None:
+    """format_timestamp takes a faster path than the strftime the docs give; same text."""
+    expected = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    assert format_timestamp(moment) == expected
