@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from ledger.canonical import GENESIS_HASH, envelope_for_hashing, event_hash
+import orjson
+
+from ledger.canonical import GENESIS_HASH, canonical_bytes, envelope_for_hashing, event_hash
 from ledger.events import NewEvent, RecordedEvent
 
 
@@ -61,6 +63,16 @@ def _hash_of_envelope(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ChainedEvent:
+    """A chained envelope and the canonical JSON of its data and metadata, encoded once:
+    the same bytes enter the hash and travel to the database."""
+
+    event: RecordedEvent
+    data_json: bytes
+    metadata_json: bytes
+
+
 def chain_new_events(
     stream_id: str,
     expected_version: int,
@@ -72,39 +84,61 @@ def chain_new_events(
     hash is `prev_hash` (GENESIS_HASH for a new stream), each hashed over the one before.
 
     `position` is 0 and `seq` None: the database assigns them after the hash is computed.
-    The store's append and the bulk import both chain events here, so they hash alike.
+    The store's append, the command path and the bulk import all chain events here, so
+    they hash alike.
     """
-    events: list[RecordedEvent] = []
+    chained = chain_new_events_encoded(
+        stream_id, expected_version, prev_hash, new_events, recorded_at
+    )
+    return [c.event for c in chained]
+
+
+def chain_new_events_encoded(
+    stream_id: str,
+    expected_version: int,
+    prev_hash: bytes,
+    new_events: Sequence[NewEvent],
+    recorded_at: datetime,
+) -> list[ChainedEvent]:
+    """`chain_new_events`, keeping each event's canonical data and metadata JSON.
+
+    The data and metadata are encoded canonically once and embedded in the envelope as
+    `orjson.Fragment`s: a fragment is written verbatim, so the envelope's bytes are exactly
+    `canonical_bytes` of the whole envelope (tests/unit/test_properties_pure.py holds it).
+    """
+    events: list[ChainedEvent] = []
     for version, new in enumerate(new_events, start=expected_version + 1):
         event_type, schema_version = new.event.event_type, new.event.schema_version
         data, metadata = new.event.to_data(), new.metadata.to_data()
-        digest = _hash_of_envelope(
-            stream_id,
-            version,
-            new.event_id,
-            event_type,
-            schema_version,
-            data,
-            metadata,
-            recorded_at,
-            prev_hash,
-        )
-        events.append(
-            RecordedEvent(
-                position=0,
-                seq=None,
+        data_json, metadata_json = canonical_bytes(data), canonical_bytes(metadata)
+        digest = event_hash(
+            envelope_for_hashing(
                 stream_id=stream_id,
                 stream_version=version,
-                event_id=new.event_id,
+                event_id=str(new.event_id),
                 event_type=event_type,
                 schema_version=schema_version,
-                data=data,
-                metadata=metadata,
+                data=orjson.Fragment(data_json),  # type: ignore[arg-type]
+                metadata=orjson.Fragment(metadata_json),  # type: ignore[arg-type]
                 recorded_at=recorded_at,
                 prev_hash=prev_hash,
-                hash=digest,
             )
         )
+        recorded = RecordedEvent(
+            position=0,
+            seq=None,
+            stream_id=stream_id,
+            stream_version=version,
+            event_id=new.event_id,
+            event_type=event_type,
+            schema_version=schema_version,
+            data=data,
+            metadata=metadata,
+            recorded_at=recorded_at,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+        events.append(ChainedEvent(recorded, data_json, metadata_json))
         prev_hash = digest
     return events
 

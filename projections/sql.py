@@ -95,3 +95,12 @@ ON CONFLICT (projection) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at 
 """
 
 SET_SEARCH_PATH = "SELECT set_config('search_path', $1, true)"
+
+# One command's whole write in one statement: the `ledger_command` function of schema.sql
+# (idempotency claim, events, the rows below, the stored response). See projections/inline.py.
+RUN_COMMAND = """
+SELECT r_outcome, r_status_code, r_body, r_positions
+FROM ledger_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32,
+                    $33, $34, $35, $36, $37, $38)
+"""

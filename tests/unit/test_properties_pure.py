@@ -16,8 +16,13 @@ from hypothesis import strategies as st
 
 from ledger.application import SubmitApplication, decide, fold
 from ledger.canonical import GENESIS_HASH, canonical_bytes
-from ledger.chain import hash_of_event, verify_stream
-from ledger.events import DomainEvent, RecordedEvent, ScoringInputs
+from ledger.chain import (
+    chain_new_events,
+    chain_new_events_encoded,
+    hash_of_event,
+    verify_stream,
+)
+from ledger.events import DomainEvent, EventMetadata, NewEvent, RecordedEvent, ScoringInputs
 from ledger.scoring import RATIO_V1
 from tests.support.strategies import any_money, years
 
@@ -175,3 +180,26 @@ def test_fold_of_decided_events_matches_the_score(
     assert state is not None
     assert state.risk_score == exact_ratio_v1(amount, income, employment_years)
     assert state.status == ("approved" if state.risk_score >= 80 else "in_review")
+
+
+@given(any_money, any_money, years, st.text(max_size=20))
+def test_chaining_with_encoded_json_hashes_as_the_plain_envelope_does(
+    amount: Decimal, income: Decimal, employment_years: int, actor: str
+) -> None:
+    """The command path encodes data and metadata once and embeds them in the envelope as
+    fragments; the hash must be that of the plain canonical envelope."""
+    command = SubmitApplication(uuid4(), "cust_1001", amount, income, employment_years, actor)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    new_events = [
+        NewEvent(uuid4(), event, EventMetadata(actor, "c", None, "k"))
+        for event in decide(None, command, now, RATIO_V1)
+    ]
+    chained = chain_new_events_encoded("loan-application-x", 0, GENESIS_HASH, new_events, now)
+    assert [c.event for c in chained] == chain_new_events(
+        "loan-application-x", 0, GENESIS_HASH, new_events, now
+    )
+    for item in chained:
+        assert hash_of_event(item.event) == item.event.hash
+        assert item.data_json == canonical_bytes(item.event.data)
+        assert item.metadata_json == canonical_bytes(item.event.metadata)
+    assert verify_stream([c.event for c in chained]) is None
