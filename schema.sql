@@ -141,20 +141,14 @@ CREATE OR REPLACE TRIGGER seals_reject_truncate
     BEFORE TRUNCATE ON seals
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_mutation();
 
--- Wake the sequencer when events commit. NOTIFY is delivered at commit (never for a rolled
--- back transaction) and identical notifications of one transaction are folded into one, so
--- this costs one message per writing transaction, whoever the writer is.
-CREATE OR REPLACE FUNCTION ledger_notify_appended() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('ledger_events_appended', '');
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE TRIGGER events_notify_appended
-    AFTER INSERT ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_notify_appended();
+-- No NOTIFY on the event table. An earlier schema woke the sequencer with a statement-level
+-- trigger calling pg_notify. A notifying transaction takes a cluster-wide lock in its commit
+-- and holds it through the WAL flush, so every writing transaction committed one after the
+-- other and none shared a flush: the apply path ran at 0.37 to 0.41 of its speed without
+-- the trigger (docs/benchmarks.md). The sequencer polls instead, adaptively
+-- (ledger/sequencer.py). Dropped here so an existing database loses it too.
+DROP TRIGGER IF EXISTS events_notify_appended ON events;
+DROP FUNCTION IF EXISTS ledger_notify_appended();
 
 -- ---------------------------------------------------------------------------------------
 -- Read models. Derived data: rebuilt from the events at any time; never the source of truth.

@@ -6,9 +6,12 @@ dies (process killed, network cut, backend terminated) PostgreSQL releases the l
 next contender takes over within one `retry_interval`. Even two leaders at once could not
 corrupt the log: each batch locks the single cursor row first, and `seq` is a primary key.
 
-Writers never wait for the sequencer. It is woken by the NOTIFY that every event insert
-sends at commit (schema.sql) and also polls, because a transaction that was holding the
-horizon back may end without writing events.
+Writers never wait for the sequencer, and do not wake it either: a NOTIFY from every
+writing transaction would serialise their commits (schema.sql says why). It polls, with an
+adaptive interval: `min_poll_interval` while batches keep finding events, doubling after
+each empty poll up to `poll_interval` while the ledger is idle. Under load an event waits
+about `min_poll_interval` for its `seq`; the first event after a quiet spell waits at most
+`poll_interval`.
 """
 
 from __future__ import annotations
@@ -62,8 +65,9 @@ async def sequence_all(connection: Connection, batch_size: int = 1000) -> int:
 @dataclass
 class SequencerSettings:
     batch_size: int = 1000
-    poll_interval: float = 0.25
+    poll_interval: float = 0.1  # the longest wait between polls, when idle
     retry_interval: float = 1.0
+    min_poll_interval: float = 0.005  # the wait between polls while events keep coming
 
 
 class Sequencer:
@@ -72,7 +76,6 @@ class Sequencer:
     def __init__(self, dsn: str, settings: SequencerSettings | None = None) -> None:
         self._dsn = dsn
         self._settings = settings or SequencerSettings()
-        self._wake = asyncio.Event()
         self.is_leader = False
         self.connection: Connection | None = None
 
@@ -98,15 +101,14 @@ class Sequencer:
             await asyncio.sleep(self._settings.retry_interval)
         self.is_leader = True
         logger.info("sequencer: this process now leads")
-        await self.connection.add_listener("ledger_events_appended", self._on_notify)
+        interval = self._settings.min_poll_interval
         while True:
-            self._wake.clear()
-            await sequence_all(self.connection, self._settings.batch_size)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._settings.poll_interval)
-
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
+            added = await sequence_all(self.connection, self._settings.batch_size)
+            if added:
+                interval = self._settings.min_poll_interval
+            else:
+                interval = min(interval * 2, self._settings.poll_interval)
+            await asyncio.sleep(interval)
 
     async def _close(self) -> None:
         if self.connection is not None:
