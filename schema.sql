@@ -271,6 +271,20 @@ $$;
 CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON idempotency_keys (created_at);
 
 -- ---------------------------------------------------------------------------------------
+-- Responses rendered by PostgreSQL (projections/sql.py, SELECT_APPLICANT_HISTORY_JSON): a
+-- time exactly as the service's JSON writes it (api/jsonio.py, orjson): UTC, `+00:00`,
+-- microseconds only when there are any; SQL NULL as JSON null.
+-- ---------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_json_time(t timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN t IS NULL THEN 'null' ELSE
+        '"' || to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN extract(microseconds FROM t)::bigint % 1000000 = 0 THEN ''
+                ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
+        || '+00:00"' END
+$$;
+
+-- ---------------------------------------------------------------------------------------
 -- One command in one statement (api/service/commands.py; docs/architecture.md, "Commands").
 --
 -- Everything one command writes, in the single transaction of one statement: the idempotency

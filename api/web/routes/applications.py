@@ -29,7 +29,7 @@ from api.web.responses import ExactJSONRoute, JSONResponse
 from ledger.application import APPLICANT_ID_PATTERN, stream_id_for
 from ledger.errors import NotFound
 from ledger.store import read_stream
-from projections.queries import applicant_history, get_application
+from projections.queries import applicant_history_json, get_application
 from projections.time_travel import applicant_history_at, application_at
 
 router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONResponse)
@@ -161,12 +161,13 @@ async def history(
     pool: PoolDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     as_of: AsOf = None,
-) -> JSONResponse:
+) -> Response:
     if as_of is not None:
         return await history_then(pool, applicant_id, as_of, limit)
+    # PostgreSQL renders the JSON (projections/sql.py); it is passed through as bytes.
     async with pool.acquire() as connection:
-        rows = await applicant_history(connection, applicant_id, limit)
-    return JSONResponse([Application.from_row(row) for row in rows])
+        body = await applicant_history_json(connection, applicant_id, limit)
+    return Response(body, media_type="application/json")
 
 
 @router.get(
