@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from api.jsonio import dumps, to_plain
 from api.service.models import Application
+from api.web.commands import application_json
 from ledger.chain import verify_stream
 from ledger.db import Connection
 from ledger.events import RecordedEvent
@@ -253,6 +254,10 @@ async def test_history_json_from_postgresql_is_the_services_rendering(
                 python_rows = await applicant_history(connection, applicant, limit)
                 expected = dumps(to_plain([Application.from_row(r) for r in python_rows]))
                 assert await applicant_history_json(connection, applicant, limit) == expected
+                # The commands' rendering without the model pass (api/web/commands.py).
+                for stored in python_rows:
+                    model = Application.from_row(stored)
+                    assert application_json(stored) == dumps(to_plain(model))
         finally:
             await transaction.rollback()
 

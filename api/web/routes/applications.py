@@ -15,15 +15,15 @@ from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 from api.service.commands import submit_application
 from api.service.models import Application, ApplyRequest, Event
-from api.web.auth import PrincipalDep
+from api.web.auth import principal_of
 from api.web.commands import command_context, command_response, render_application
 from api.web.dependencies import (
     IdempotencyKey,
     PoolDep,
-    ServiceDep,
     parse_application_id,
     problem_responses,
     require_json,
+    service_of,
 )
 from api.web.responses import ExactJSONRoute, JSONResponse
 from ledger.application import APPLICANT_ID_PATTERN, stream_id_for
@@ -130,16 +130,15 @@ async def history_then(
     dependencies=[Depends(require_json)],
 )
 async def apply(
-    body: ApplyRequest,
-    request: Request,
-    service: ServiceDep,
-    pool: PoolDep,
-    principal: PrincipalDep,
-    idempotency_key: IdempotencyKey = None,
+    body: ApplyRequest, request: Request, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Appends `ApplicationSubmitted`, `ApplicationScored` and `ApplicationDecided` to a new
     stream in one transaction, and updates the read models in the same transaction."""
-    context = command_context(request, principal, idempotency_key, body.model_dump(mode="json"))
+    # A hot route: the service, pool and principal are read from the request rather than
+    # resolved as dependencies (the app-level `authorize` has already set the principal).
+    service = service_of(request)
+    pool = service.pool  # 503 problem+json while the database is not ready
+    context = command_context(request, principal_of(request), idempotency_key, body)
     result = await submit_application(
         pool, body, context, service.scoring_model, datetime.now(UTC), render_application
     )
@@ -158,10 +157,11 @@ async def apply(
 )
 async def history(
     applicant_id: Annotated[str, Path(pattern=f"^{APPLICANT_ID_PATTERN.pattern}$")],
-    pool: PoolDep,
+    request: Request,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     as_of: AsOf = None,
 ) -> Response:
+    pool = service_of(request).pool  # a hot route: no dependency for the pool
     if as_of is not None:
         return await history_then(pool, applicant_id, as_of, limit)
     # PostgreSQL renders the JSON (projections/sql.py); it is passed through as bytes.
