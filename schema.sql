@@ -147,20 +147,14 @@ CREATE OR REPLACE TRIGGER seals_reject_truncate
     BEFORE TRUNCATE ON seals
     FOR EACH STATEMENT EXECUTE FUNCTION ledger_reject_mutation();
 
--- Wake the sequencer when events commit. NOTIFY is delivered at commit (never for a rolled
--- back transaction) and identical notifications of one transaction are folded into one, so
--- this costs one message per writing transaction, whoever the writer is.
-CREATE OR REPLACE FUNCTION ledger_notify_appended() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM pg_notify('ledger_events_appended', '');
-    RETURN NULL;
-END;
-$$;
-
-CREATE OR REPLACE TRIGGER events_notify_appended
-    AFTER INSERT ON events
-    FOR EACH STATEMENT EXECUTE FUNCTION ledger_notify_appended();
+-- No NOTIFY on the event table. An earlier schema woke the sequencer with a statement-level
+-- trigger calling pg_notify. A notifying transaction takes a cluster-wide lock in its commit
+-- and holds it through the WAL flush, so every writing transaction committed one after the
+-- other and none shared a flush: the apply path ran at 0.37 to 0.41 of its speed without
+-- the trigger (docs/benchmarks.md). The sequencer polls instead, adaptively
+-- (ledger/sequencer.py). Dropped here so an existing database loses it too.
+DROP TRIGGER IF EXISTS events_notify_appended ON events;
+DROP FUNCTION IF EXISTS ledger_notify_appended();
 
 -- ---------------------------------------------------------------------------------------
 -- Read models. Derived data: rebuilt from the events at any time; never the source of truth.
@@ -281,6 +275,172 @@ $$;
 
 -- The purge deletes the oldest rows first, a batch at a time.
 CREATE INDEX IF NOT EXISTS idempotency_keys_created_at ON idempotency_keys (created_at);
+
+-- ---------------------------------------------------------------------------------------
+-- Responses rendered by PostgreSQL (projections/sql.py, SELECT_APPLICANT_HISTORY_JSON): a
+-- time exactly as the service's JSON writes it (api/jsonio.py, orjson): UTC, `+00:00`,
+-- microseconds only when there are any; SQL NULL as JSON null.
+-- ---------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_json_time(t timestamptz) RETURNS text
+LANGUAGE sql STABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN t IS NULL THEN 'null' ELSE
+        '"' || to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+        || CASE WHEN extract(microseconds FROM t)::bigint % 1000000 = 0 THEN ''
+                ELSE to_char(t AT TIME ZONE 'UTC', '.US') END
+        || '+00:00"' END
+$$;
+
+-- ---------------------------------------------------------------------------------------
+-- One command in one statement (api/service/commands.py; docs/architecture.md, "Commands").
+--
+-- Everything one command writes, in the single transaction of one statement: the idempotency
+-- claim, the events (already hash-chained by the caller: a new stream starts from the
+-- genesis hash, an existing one from the hash the caller read, and UNIQUE (stream_id,
+-- stream_version) refuses the append if another writer got there first), the
+-- loan_applications row and application_history entries (folded by the caller from the
+-- events, projections/applications.py; only the positions are filled in here), and the
+-- stored response. The caller learns the outcome from r_outcome:
+--
+--   'applied'   written; r_positions are the events' positions, r_body the response
+--   'replayed'  a live record of (scope, key) with the same fingerprint: nothing written,
+--               r_status_code and r_body are the first response
+--   'reused'    a live record of (scope, key) for a different request: nothing written
+--   'in_flight' another transaction holds the key's lock: nothing written
+--
+-- The idempotency steps are those of ledger/idempotency.py: look up a live record; else
+-- try the key's transaction-scoped advisory lock, never waiting; look up again (the
+-- holder may have committed just before); then write, and store the claim together with
+-- its response, taking over an expired record as if the key were unused. Only a holder of
+-- the lock writes a claim, so the final insert cannot meet a live record.
+--
+-- The response may depend on the positions (an agent action's answer names its event's
+-- position): it comes as a template, p_body_parts with p_body_slots[i] (an index into the
+-- events) between part i and part i + 1. Keyless calls leave p_scope and p_key NULL.
+-- Table names are unqualified, like all projector SQL.
+-- ---------------------------------------------------------------------------------------
+CREATE OR REPLACE FUNCTION ledger_command(
+    p_scope text, p_key text, p_fingerprint bytea, p_retention interval, p_lock bigint,
+    p_stream_id text, p_recorded_at timestamptz, p_versions integer[], p_event_ids uuid[],
+    p_types text[], p_schema_versions integer[], p_data text[], p_metadata text[],
+    p_prev_hashes bytea[], p_hashes bytea[],
+    p_application_id uuid, p_applicant_id text, p_amount numeric, p_income numeric,
+    p_employment_years integer, p_risk_score numeric, p_decision text, p_status text,
+    p_scoring_model text, p_scoring_model_version text, p_created_at timestamptz,
+    p_submitted_by text, p_decided_by text, p_recommended_outcome text, p_reason_codes text,
+    p_in_review_since timestamptz, p_reviewed_at timestamptz,
+    p_history_versions integer[], p_history_statuses text[], p_history_details text[],
+    p_status_code integer, p_body_parts bytea[], p_body_slots integer[],
+    p_hashed bytea[]
+) RETURNS TABLE (r_outcome text, r_status_code integer, r_body bytea, r_positions bigint[])
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_fingerprint bytea;
+    v_status_code integer;
+    v_body bytea;
+    v_positions bigint[];
+    v_first integer := p_versions[1];
+    v_last_position bigint;
+    i integer;
+BEGIN
+    IF p_key IS NOT NULL THEN
+        FOR i IN 1 .. 2 LOOP
+            SELECT k.request_fingerprint, k.status_code, k.response_body
+            INTO v_fingerprint, v_status_code, v_body
+            FROM idempotency_keys k
+            WHERE k.scope = p_scope AND k.idempotency_key = p_key
+              AND k.created_at > now() - p_retention;
+            IF FOUND THEN
+                IF v_fingerprint = p_fingerprint THEN
+                    RETURN QUERY SELECT 'replayed'::text, v_status_code, v_body, NULL::bigint[];
+                ELSE
+                    RETURN QUERY SELECT 'reused'::text, NULL::integer, NULL::bytea, NULL::bigint[];
+                END IF;
+                RETURN;
+            END IF;
+            IF i = 1 AND NOT pg_try_advisory_xact_lock(p_lock) THEN
+                RETURN QUERY SELECT 'in_flight'::text, NULL::integer, NULL::bytea, NULL::bigint[];
+                RETURN;
+            END IF;
+        END LOOP;
+    END IF;
+
+    -- Rows in stream-version order, so positions increase along the stream.
+    WITH inserted AS (
+        INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
+                            data, metadata, recorded_at, prev_hash, hash, hashed)
+        SELECT p_stream_id, u.stream_version, u.event_id, u.event_type, u.schema_version,
+               u.data::jsonb, u.metadata::jsonb, p_recorded_at, u.prev_hash, u.hash, u.hashed
+        FROM unnest(p_versions, p_event_ids, p_types, p_schema_versions, p_data, p_metadata,
+                    p_prev_hashes, p_hashes, p_hashed)
+             AS u(stream_version, event_id, event_type, schema_version, data, metadata,
+                  prev_hash, hash, hashed)
+        ORDER BY u.stream_version
+        RETURNING stream_version, position
+    )
+    SELECT array_agg(position ORDER BY stream_version), max(position)
+    INTO v_positions, v_last_position
+    FROM inserted;
+
+    INSERT INTO loan_applications (
+        application_id, applicant_id, amount, income, employment_years, risk_score, decision,
+        status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
+        last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
+        in_review_since, reviewed_at)
+    VALUES (
+        p_application_id, p_applicant_id, p_amount, p_income, p_employment_years, p_risk_score,
+        p_decision, p_status, p_scoring_model, p_scoring_model_version, p_created_at,
+        p_recorded_at, p_versions[array_upper(p_versions, 1)], v_last_position, p_submitted_by,
+        p_decided_by, p_recommended_outcome, p_reason_codes::jsonb, p_in_review_since,
+        p_reviewed_at)
+    ON CONFLICT (application_id) DO UPDATE SET
+        risk_score = EXCLUDED.risk_score,
+        decision = EXCLUDED.decision,
+        status = EXCLUDED.status,
+        scoring_model = EXCLUDED.scoring_model,
+        scoring_model_version = EXCLUDED.scoring_model_version,
+        updated_at = EXCLUDED.updated_at,
+        stream_version = EXCLUDED.stream_version,
+        last_event_position = EXCLUDED.last_event_position,
+        decided_by = EXCLUDED.decided_by,
+        recommended_outcome = EXCLUDED.recommended_outcome,
+        reason_codes = EXCLUDED.reason_codes,
+        in_review_since = EXCLUDED.in_review_since,
+        reviewed_at = EXCLUDED.reviewed_at;
+
+    IF cardinality(p_history_versions) > 0 THEN
+        INSERT INTO application_history (application_id, stream_version, event_position,
+                                         event_type, status, details, recorded_at)
+        SELECT p_application_id, h.stream_version, v_positions[h.stream_version - v_first + 1],
+               p_types[h.stream_version - v_first + 1], h.status, h.details::jsonb,
+               p_recorded_at
+        FROM unnest(p_history_versions, p_history_statuses, p_history_details)
+             AS h(stream_version, status, details);
+    END IF;
+
+    v_body := p_body_parts[1];
+    FOR i IN 1 .. coalesce(cardinality(p_body_slots), 0) LOOP
+        v_body := v_body || convert_to(v_positions[p_body_slots[i]]::text, 'UTF8')
+                  || p_body_parts[i + 1];
+    END LOOP;
+
+    IF p_key IS NOT NULL THEN
+        INSERT INTO idempotency_keys AS k (scope, idempotency_key, request_fingerprint,
+                                           status_code, response_body)
+        VALUES (p_scope, p_key, p_fingerprint, p_status_code, v_body)
+        ON CONFLICT (scope, idempotency_key) DO UPDATE
+        SET request_fingerprint = EXCLUDED.request_fingerprint,
+            status_code = EXCLUDED.status_code,
+            response_body = EXCLUDED.response_body,
+            created_at = now()
+        WHERE k.created_at <= now() - p_retention;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'lending-ledger: a live idempotency record appeared under a held lock';
+        END IF;
+    END IF;
+
+    RETURN QUERY SELECT 'applied'::text, p_status_code, v_body, v_positions;
+END;
+$$;
 
 -- ---------------------------------------------------------------------------------------
 -- API keys. A key is `ll_<id>_<secret>` with a 256-bit random secret; only its SHA-256 is

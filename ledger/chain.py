@@ -9,6 +9,8 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
+import orjson
+
 from ledger.canonical import GENESIS_HASH, canonical_bytes, envelope_for_hashing, event_hash
 from ledger.events import NewEvent, RecordedEvent
 
@@ -62,6 +64,17 @@ def _hash_of_envelope(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class ChainedEvent:
+    """A chained envelope and the canonical JSON of its data and metadata, encoded once:
+    the same bytes enter the hash and travel to the database."""
+
+    event: RecordedEvent
+    data_json: bytes
+    metadata_json: bytes
+    hashed: bytes  # the whole envelope's canonical bytes: what `hash` covers (events.hashed)
+
+
 def hash_and_bytes(
     stream_id: str,
     stream_version: int,
@@ -102,11 +115,64 @@ def chain_new_events(
     hash is `prev_hash` (GENESIS_HASH for a new stream), each hashed over the one before.
 
     `position` is 0 and `seq` None: the database assigns them after the hash is computed.
-    The store's append and the bulk import both chain events here, so they hash alike.
+    The store's append, the command path and the bulk import all chain events here, so
+    they hash alike.
     """
-    return chain_new_events_hashed(stream_id, expected_version, prev_hash, new_events, recorded_at)[
-        0
-    ]
+    chained = chain_new_events_encoded(
+        stream_id, expected_version, prev_hash, new_events, recorded_at
+    )
+    return [c.event for c in chained]
+
+
+def chain_new_events_encoded(
+    stream_id: str,
+    expected_version: int,
+    prev_hash: bytes,
+    new_events: Sequence[NewEvent],
+    recorded_at: datetime,
+) -> list[ChainedEvent]:
+    """`chain_new_events`, keeping each event's canonical data and metadata JSON.
+
+    The data and metadata are encoded canonically once and embedded in the envelope as
+    `orjson.Fragment`s: a fragment is written verbatim, so the envelope's bytes are exactly
+    `canonical_bytes` of the whole envelope (tests/unit/test_properties_pure.py holds it).
+    """
+    events: list[ChainedEvent] = []
+    for version, new in enumerate(new_events, start=expected_version + 1):
+        event_type, schema_version = new.event.event_type, new.event.schema_version
+        data, metadata = new.event.to_data(), new.metadata.to_data()
+        data_json, metadata_json = canonical_bytes(data), canonical_bytes(metadata)
+        hashed = canonical_bytes(
+            envelope_for_hashing(
+                stream_id=stream_id,
+                stream_version=version,
+                event_id=str(new.event_id),
+                event_type=event_type,
+                schema_version=schema_version,
+                data=orjson.Fragment(data_json),  # type: ignore[arg-type]
+                metadata=orjson.Fragment(metadata_json),  # type: ignore[arg-type]
+                recorded_at=recorded_at,
+                prev_hash=prev_hash,
+            )
+        )
+        digest = hashlib.sha256(hashed).digest()
+        recorded = RecordedEvent(
+            position=0,
+            seq=None,
+            stream_id=stream_id,
+            stream_version=version,
+            event_id=new.event_id,
+            event_type=event_type,
+            schema_version=schema_version,
+            data=data,
+            metadata=metadata,
+            recorded_at=recorded_at,
+            prev_hash=prev_hash,
+            hash=digest,
+        )
+        events.append(ChainedEvent(recorded, data_json, metadata_json, hashed))
+        prev_hash = digest
+    return events
 
 
 def chain_new_events_hashed(
@@ -117,41 +183,10 @@ def chain_new_events_hashed(
     recorded_at: datetime,
 ) -> tuple[list[RecordedEvent], list[bytes]]:
     """`chain_new_events`, with the canonical bytes each hash covers (for `events.hashed`)."""
-    events: list[RecordedEvent] = []
-    encoded: list[bytes] = []
-    for version, new in enumerate(new_events, start=expected_version + 1):
-        event_type, schema_version = new.event.event_type, new.event.schema_version
-        data, metadata = new.event.to_data(), new.metadata.to_data()
-        digest, hashed = hash_and_bytes(
-            stream_id,
-            version,
-            new.event_id,
-            event_type,
-            schema_version,
-            data,
-            metadata,
-            recorded_at,
-            prev_hash,
-        )
-        encoded.append(hashed)
-        events.append(
-            RecordedEvent(
-                position=0,
-                seq=None,
-                stream_id=stream_id,
-                stream_version=version,
-                event_id=new.event_id,
-                event_type=event_type,
-                schema_version=schema_version,
-                data=data,
-                metadata=metadata,
-                recorded_at=recorded_at,
-                prev_hash=prev_hash,
-                hash=digest,
-            )
-        )
-        prev_hash = digest
-    return events, encoded
+    chained = chain_new_events_encoded(
+        stream_id, expected_version, prev_hash, new_events, recorded_at
+    )
+    return [c.event for c in chained], [c.hashed for c in chained]
 
 
 def verify_stream(events: Iterable[RecordedEvent]) -> ChainBreak | None:

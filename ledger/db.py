@@ -32,6 +32,18 @@ async def connect(dsn: str, *, statement_cache_size: int = 100) -> asyncpg.Conne
     return connection
 
 
+async def _keep_session(connection: asyncpg.Connection) -> None:
+    """What a pooled connection needs on release beyond asyncpg's own step (which rolls back
+    an open transaction and drops listeners): nothing.
+
+    asyncpg's default reset runs `SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *;
+    RESET ALL;`, one more round trip per request. No pooled connection leaves session state
+    behind: advisory locks on pooled connections are transaction-scoped, LISTEN and the
+    session-level locks (sequencer, rebuild) use connections of their own, and settings are
+    changed with `set_config(..., true)`, local to the transaction."""
+    del connection
+
+
 def _encode_jsonb_binary(value: Any) -> bytes:
     """jsonb's binary form: a version byte, then the JSON text. `bytes` are taken as JSON
     text already encoded (a bulk writer encodes once, where it has the values)."""
@@ -71,6 +83,7 @@ async def create_pool(
         max_size=max_size,
         init=init_connection,
         statement_cache_size=statement_cache_size,
+        reset=_keep_session,
     )
     assert pool is not None
     return pool

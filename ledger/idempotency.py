@@ -23,6 +23,10 @@ while the other request runs, never a wrong replay: replays are looked up by the
 
 If the transaction rolls back (the command failed, the client vanished), the claim and the
 lock go with it, and a retry runs afresh.
+
+The command path (api/service/commands.py) runs these same steps inside one statement, the
+`ledger_command` function of schema.sql, where the claim is written together with its
+response; `claim` and `save` are the same protocol for work that needs a conversation.
 """
 
 from __future__ import annotations
@@ -63,17 +67,30 @@ def lock_key(scope: str, key: str) -> int:
     return int.from_bytes(digest.digest()[:8], "big", signed=True)
 
 
-async def _stored(
+def key_reused(key: str) -> IdempotencyKeyReused:
+    return IdempotencyKeyReused(
+        f"Idempotency-Key {key!r} was already used for a different request; "
+        "use a new key for a new request"
+    )
+
+
+def request_in_flight(key: str) -> IdempotencyRequestInFlight:
+    return IdempotencyRequestInFlight(
+        f"a request with Idempotency-Key {key!r} is still being processed; "
+        "retry shortly to get its response"
+    )
+
+
+async def lookup(
     connection: Connection, scope: str, key: str, fingerprint: bytes, retention: timedelta
 ) -> StoredResponse | None:
+    """The live record's response, None when there is none; IdempotencyKeyReused when it
+    was stored for a different request."""
     row = await connection.fetchrow(sql.SELECT_LIVE_IDEMPOTENT_RESPONSE, scope, key, retention)
     if row is None:
         return None
     if bytes(row["request_fingerprint"]) != fingerprint:
-        raise IdempotencyKeyReused(
-            f"Idempotency-Key {key!r} was already used for a different request; "
-            "use a new key for a new request"
-        )
+        raise key_reused(key)
     assert row["status_code"] is not None, "a committed claim always has its response"
     return StoredResponse(row["status_code"], bytes(row["response_body"]))
 
@@ -90,18 +107,15 @@ async def claim(
     Raises IdempotencyKeyReused when the key was first used for a different request, and
     IdempotencyRequestInFlight when a request with the key is still running.
     """
-    stored = await _stored(connection, scope, key, fingerprint, retention)
+    stored = await lookup(connection, scope, key, fingerprint, retention)
     if stored is not None:
         return stored
     if not await connection.fetchval(sql.TRY_IDEMPOTENCY_LOCK, lock_key(scope, key)):
-        raise IdempotencyRequestInFlight(
-            f"a request with Idempotency-Key {key!r} is still being processed; "
-            "retry shortly to get its response"
-        )
+        raise request_in_flight(key)
     if await connection.fetchval(sql.CLAIM_IDEMPOTENCY_KEY, scope, key, fingerprint, retention):
         return None
     # The first request committed between the lookup above and the lock: replay it.
-    stored = await _stored(connection, scope, key, fingerprint, retention)
+    stored = await lookup(connection, scope, key, fingerprint, retention)
     assert stored is not None, "the claim found a live record, so the lookup does too"
     return stored
 

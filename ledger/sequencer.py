@@ -6,9 +6,12 @@ dies (process killed, network cut, backend terminated) PostgreSQL releases the l
 next contender takes over within one `retry_interval`. Even two leaders at once could not
 corrupt the log: each batch locks the single cursor row first, and `seq` is a primary key.
 
-Writers never wait for the sequencer. It is woken by the NOTIFY that every event insert
-sends at commit (schema.sql) and also polls, because a transaction that was holding the
-horizon back may end without writing events.
+Writers never wait for the sequencer, and do not wake it either: a NOTIFY from every
+writing transaction would serialise their commits (schema.sql says why). It polls, with an
+adaptive interval: `min_poll_interval` while batches keep finding events, doubling after
+each empty poll up to `poll_interval` while the ledger is idle. Under load an event waits
+about `min_poll_interval` for its `seq`; the first event after a quiet spell waits at most
+`poll_interval`.
 
 Given a signing key, the leader also seals what it logs (`_seal_if_due`): right after a
 batch commits, at most once per `seal_interval` (default 1 s), so every event is covered by
@@ -72,8 +75,9 @@ async def sequence_all(connection: Connection, batch_size: int = 1000) -> int:
 @dataclasses.dataclass
 class SequencerSettings:
     batch_size: int = 1000
-    poll_interval: float = 0.25
+    poll_interval: float = 0.1  # the longest wait between polls, when idle
     retry_interval: float = 1.0
+    min_poll_interval: float = 0.005  # the wait between polls while events keep coming
     # Seconds between the seals the leader takes after its batches (with a signing key);
     # 0: after every batch; None: the sequencer does not seal. Per batch is affordable
     # (docs/benchmarks.md, "Per-batch sealing"), but under load a batch can hold a single
@@ -109,7 +113,6 @@ class Sequencer:
     ) -> None:
         self._dsn = dsn
         self._settings = settings or SequencerSettings()
-        self._wake = asyncio.Event()
         self.is_leader = False
         self.connection: Connection | None = None
         self._key = signing_key if self._settings.seal_interval is not None else None
@@ -142,18 +145,22 @@ class Sequencer:
             await asyncio.sleep(self._settings.retry_interval)
         self.is_leader = True
         logger.info("sequencer: this process now leads")
-        await self.connection.add_listener("ledger_events_appended", self._on_notify)
+        interval = self._settings.min_poll_interval
         while True:
-            self._wake.clear()
-            while await sequence_batch(self.connection, self._settings.batch_size):
+            added = 0
+            while batch := await sequence_batch(self.connection, self._settings.batch_size):
+                added += batch
                 self._unsealed = True
                 # Between batches too: under steady load this loop may not end for long.
                 await self._seal_if_due(self.connection)
-            timeout = self._settings.poll_interval
+            if added:
+                interval = self._settings.min_poll_interval
+            else:
+                interval = min(interval * 2, self._settings.poll_interval)
+            timeout = interval
             if self._unsealed:
                 timeout = min(timeout, await self._seal_if_due(self.connection))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await asyncio.sleep(timeout)
 
     async def _seal_if_due(self, connection: Connection) -> float:
         """Seal the log if this sequencer seals and a seal is due; the seconds until the
@@ -206,9 +213,6 @@ class Sequencer:
         if self._witness is not None:
             await self._witness.record(connection, seal)
         return max(interval, self._settings.poll_interval)
-
-    def _on_notify(self, *_: object) -> None:
-        self._wake.set()
 
     async def _close(self) -> None:
         if self.connection is not None:

@@ -23,6 +23,13 @@ async def applicant_history(
     return [ApplicationRow.from_record(record) for record in records]
 
 
+async def applicant_history_json(connection: Connection, applicant_id: str, limit: int) -> bytes:
+    """`applicant_history` as the response's JSON bytes, rendered by PostgreSQL: a list of
+    `Application` documents, byte for byte what the service would write for those rows."""
+    body: bytes = await connection.fetchval(sql.SELECT_APPLICANT_HISTORY_JSON, applicant_id, limit)
+    return body
+
+
 _QUEUE_START = (datetime(1, 1, 1, tzinfo=UTC), UUID(int=0))
 
 

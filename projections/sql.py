@@ -525,3 +525,54 @@ FROM public.events e
 WHERE e.transaction_id = pg_current_xact_id()
 ORDER BY e.stream_id, e.stream_version
 """
+
+# One command's whole write in one statement: the `ledger_command` function of schema.sql
+# (idempotency claim, events, the rows below, the stored response). See projections/inline.py.
+RUN_COMMAND = """
+SELECT r_outcome, r_status_code, r_body, r_positions
+FROM ledger_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32,
+                    $33, $34, $35, $36, $37, $38, $39)
+"""
+
+# GET /lending/applicants/{id}/history, rendered by PostgreSQL: the response's bytes, exactly
+# those api/jsonio.py writes for the same rows as `Application` models (compact, the model's
+# key order, money as the numeric's own digits, times by ledger_json_time in schema.sql).
+# Compact output is why this is concatenation and not json_build_object, which writes
+# `"key" : value`. tests/integration/test_properties_db.py holds the two renderings equal.
+APPLICATION_JSON = """
+'{"application_id":"' || a.application_id::text
+|| '","applicant_id":' || to_json(a.applicant_id)::text
+|| ',"amount":' || a.amount::text
+|| ',"income":' || a.income::text
+|| ',"employment_years":' || a.employment_years::text
+|| ',"risk_score":' || coalesce(a.risk_score::text, 'null')
+|| ',"decision":' || coalesce(to_json(a.decision)::text, 'null')
+|| ',"status":' || to_json(a.status)::text
+|| ',"scoring_model":' || coalesce(to_json(a.scoring_model || '-' || a.scoring_model_version)::text,
+                                   'null')
+|| ',"reason_codes":[' || coalesce(
+       (SELECT string_agg(to_json(r.code)::text, ',' ORDER BY r.n)
+        FROM jsonb_array_elements_text(a.reason_codes) WITH ORDINALITY AS r(code, n)), '')
+|| '],"recommended_outcome":' || coalesce(to_json(a.recommended_outcome)::text, 'null')
+|| ',"submitted_by":' || to_json(a.submitted_by)::text
+|| ',"decided_by":' || coalesce(to_json(a.decided_by)::text, 'null')
+|| ',"in_review_since":' || ledger_json_time(a.in_review_since)
+|| ',"reviewed_at":' || ledger_json_time(a.reviewed_at)
+|| ',"created_at":' || ledger_json_time(a.created_at)
+|| ',"updated_at":' || ledger_json_time(a.updated_at)
+|| ',"stream_version":' || a.stream_version::text || '}'
+"""
+
+SELECT_APPLICANT_HISTORY_JSON = f"""
+SELECT convert_to(
+    '[' || coalesce(string_agg({APPLICATION_JSON}, ',' ORDER BY a.created_at DESC,
+                               a.application_id DESC), '') || ']',
+    'UTF8')
+FROM (
+    SELECT * FROM loan_applications
+    WHERE applicant_id = $1
+    ORDER BY created_at DESC, application_id DESC
+    LIMIT $2
+) a
+"""

@@ -306,13 +306,19 @@ class Authenticator:
         now = self._clock()
         if now < self._open_checked_at + self.ttl:
             return True
-        async with pool().acquire() as connection:
-            exists = await any_key_exists(connection)
+        # One request asks the database; those arriving meanwhile keep the last answer
+        # (open) rather than all asking at once when the cached answer expires.
+        checked_before, self._open_checked_at = self._open_checked_at, now
+        try:
+            async with pool().acquire() as connection:
+                exists = await any_key_exists(connection)
+        except BaseException:
+            self._open_checked_at = checked_before
+            raise
         if exists:
             self._keys_exist = True
             logger.warning("an API key exists: open mode is over, every request needs a key")
             return False
-        self._open_checked_at = now
         return True
 
     def close(self) -> None:

@@ -1,5 +1,7 @@
 """Command handlers. Each owns its transaction: events, inline read models and the
-idempotency record of one command commit together or not at all.
+idempotency record of one command commit together or not at all. For the commands on
+applications that transaction is one statement (projections/inline.py): everything that
+needs no database is done first, in Python, and written in one round trip.
 
 Commands return values (`Outcome`); the caller renders them. The caller passes its renderer
 in, because the rendered bytes are stored with the idempotency key in the same transaction.
@@ -7,8 +9,10 @@ in, because the rendered bytes are stored with the idempotency key in the same t
 
 from __future__ import annotations
 
+import re
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 from uuid import UUID, uuid4
@@ -17,16 +21,17 @@ import asyncpg
 
 from api.service.models import ApplyRequest
 from ledger import idempotency
-from ledger.application import ApplicationState, SubmitApplication, decide, fold, stream_id_for
+from ledger.application import ApplicationState, SubmitApplication, decide, stream_id_for
+from ledger.canonical import GENESIS_HASH
+from ledger.chain import ChainedEvent, chain_new_events_encoded
 from ledger.db import Connection
-from ledger.errors import NotFound
+from ledger.errors import InvalidCommand, LedgerError, NotFound
 from ledger.events import DomainEvent, EventMetadata, NewEvent, RecordedEvent
 from ledger.idempotency import StoredResponse
 from ledger.scoring import ScoringModel
-from ledger.store import append, read_stream
-from projections.applications import ApplicationRow, fold_applications
-from projections.queries import get_application
-from projections.runner import project_inline
+from ledger.store import read_stream
+from projections.applications import ApplicationRow, fold_into
+from projections.inline import IdempotencyClaim, ResponseTemplate, write_command
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +130,9 @@ async def submit_application(
     now: datetime,
     render: Render,
 ) -> CommandResult[Outcome]:
+    """Submit, score and decide: one statement, one round trip (docs/architecture.md,
+    "Commands"). A new application opens a new stream, so its three events chain from the
+    genesis hash and everything is known before the database is asked anything."""
     command = SubmitApplication(
         application_id=uuid4(),
         applicant_id=request.applicant_id,
@@ -133,21 +141,13 @@ async def submit_application(
         employment_years=request.employment_years,
         submitted_by=context.actor,
     )
-
-    async def work(connection: Connection) -> Outcome:
-        events = decide(None, command, now, model)
-        recorded = await append(
-            connection,
-            stream_id_for(command.application_id),
-            0,
-            with_metadata(events, context),
-            now,
-        )
-        await project_inline(connection, recorded)
-        rows, _ = fold_applications(recorded)
-        return Outcome(rows[command.application_id], recorded)
-
-    return await execute(pool, context, work, render)
+    events = decide(None, command, now, model)
+    stream_id = stream_id_for(command.application_id)
+    chained = chain_new_events_encoded(
+        stream_id, 0, GENESIS_HASH, with_metadata(events, context), now
+    )
+    async with pool.acquire() as connection:
+        return await _write(connection, context, {}, chained, 0, render)
 
 
 Decision = Callable[[ApplicationState], Sequence[DomainEvent]]
@@ -161,26 +161,106 @@ async def act_on_application(
     now: datetime,
     render: Render,
 ) -> CommandResult[Outcome]:
-    """Load an application's state from its events, decide, append, project.
+    """Read the application's stream, fold, decide, and write: two round trips.
 
-    The append expects the version that was folded: if another writer appended in between,
+    The write expects the version that was folded: if another writer appended in between,
     the stream's UNIQUE (stream_id, stream_version) refuses this one (409), so a decision is
-    never made on a state that was already out of date.
+    never made on a state that was already out of date. The read is outside the write's
+    transaction for that reason: the unique index, not a lock, is the guard.
+
+    A retry of a keyed request may find the application moved on by its own first attempt,
+    so that deciding again fails (a review of a reviewed application). A decision that
+    fails therefore looks up the key before reporting: a live record is replayed (or is a
+    422 if it was for another request), as it would have been had the decision succeeded.
     """
-
-    async def work(connection: Connection) -> Outcome:
-        stream_id = stream_id_for(application_id)
+    stream_id = stream_id_for(application_id)
+    async with pool.acquire() as connection:
         history = await read_stream(connection, stream_id)
-        state = fold([event.decode() for event in history])
-        if state is None:
+        if not history:
             raise NotFound(f"no application {str(application_id)!r}")
-        events = decision(state)
-        recorded = await append(
-            connection, stream_id, state.version, with_metadata(events, context), now
+        rows: dict[str, ApplicationRow] = {}
+        fold_into(rows, history)
+        state = rows[stream_id].state
+        try:
+            events = decision(state)
+        except LedgerError:
+            key = context.idempotency_key
+            if key is not None:
+                stored = await idempotency.lookup(
+                    connection,
+                    context.actor,
+                    key,
+                    context.fingerprint,
+                    context.idempotency_retention,
+                )
+                if stored is not None:
+                    return CommandResult(stored, outcome=None)
+            raise
+        chained = chain_new_events_encoded(
+            stream_id, state.version, history[-1].hash, with_metadata(events, context), now
         )
-        await project_inline(connection, recorded)
-        row = await get_application(connection, application_id)
-        assert row is not None, "projected in this transaction"
-        return Outcome(row, recorded)
+        return await _write(connection, context, rows, chained, state.version, render)
 
-    return await execute(pool, context, work, render)
+
+async def _write(
+    connection: Connection,
+    context: RequestContext,
+    rows: dict[str, ApplicationRow],
+    chained: Sequence[ChainedEvent],
+    expected_version: int,
+    render: Render,
+) -> CommandResult[Outcome]:
+    """Fold the new events into `rows` (the stream's row before them; empty for a new
+    stream), render, and write it all in one statement (projections/inline.py)."""
+    if not chained:
+        raise InvalidCommand("the command appends no event")
+    stream_id = chained[0].event.stream_id
+    history = fold_into(rows, [c.event for c in chained])
+    row = rows[stream_id]
+    response = _response_template(render, row, chained)
+    key = context.idempotency_key
+    claim = (
+        IdempotencyClaim(context.actor, key, context.fingerprint, context.idempotency_retention)
+        if key is not None
+        else None
+    )
+    written = await write_command(
+        connection, claim, chained, expected_version, row, history, response
+    )
+    if written.outcome == "replayed":
+        assert written.status_code is not None
+        assert written.body is not None
+        return CommandResult(StoredResponse(written.status_code, written.body), outcome=None)
+    if key is not None and written.outcome == "reused":
+        raise idempotency.key_reused(key)
+    if key is not None and written.outcome == "in_flight":
+        raise idempotency.request_in_flight(key)
+    assert written.outcome == "applied", written.outcome
+    positions = written.positions
+    recorded = [replace(c.event, position=p) for c, p in zip(chained, positions, strict=True)]
+    row = replace(row, last_event_position=positions[-1])
+    body = written.body if written.body is not None else response.body(positions)
+    return CommandResult(StoredResponse(response.status_code, body), Outcome(row, recorded))
+
+
+_SENTINEL_LOW = 10**17
+
+
+def _response_template(
+    render: Render, row: ApplicationRow, chained: Sequence[ChainedEvent]
+) -> ResponseTemplate:
+    """Render before the database has assigned positions. Each event gets a random 18-digit
+    stand-in for its position; where a stand-in appears in the body, the database puts the
+    real position (ResponseTemplate). A body naming no position is one part."""
+    stand_ins = [_SENTINEL_LOW + secrets.randbelow(9 * _SENTINEL_LOW) for _ in chained]
+    events = [replace(c.event, position=p) for c, p in zip(chained, stand_ins, strict=True)]
+    response = render(Outcome(replace(row, last_event_position=stand_ins[-1]), events))
+    slot_of = {str(p).encode(): slot for slot, p in enumerate(stand_ins, start=1)}
+    if not any(token in response.body for token in slot_of):
+        return ResponseTemplate(response.status_code, (response.body,))
+    pieces = re.split(b"(" + b"|".join(slot_of) + b")", response.body)
+    return ResponseTemplate(
+        response.status_code,
+        tuple(pieces[0::2]),
+        tuple(slot_of[token] for token in pieces[1::2]),
+    )

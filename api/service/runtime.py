@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import asyncpg
@@ -37,6 +38,32 @@ from ledger.signing import SigningKey, load_or_create_signing_key
 from ledger.witness import witness_for
 
 logger = logging.getLogger(__name__)
+
+
+async def run_in_own_loop(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run `work()` on an event loop of its own in a thread, until it ends or this coroutine
+    is cancelled (which cancels it there and waits for it).
+
+    For the sequencer: on the request loop, each of its round trips would wait behind every
+    request ready to run, and under load that, not the database, made an event wait tens
+    of milliseconds for its `seq`. Its own loop resumes it as soon as the GIL allows."""
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(work())
+
+    def run() -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            loop.run_until_complete(task)
+
+    thread = threading.Thread(target=run, name="ledger-sequencer", daemon=True)
+    thread.start()
+    try:
+        await asyncio.shield(asyncio.to_thread(thread.join))
+    finally:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(task.cancel)
+            await asyncio.to_thread(thread.join, 10)
+        if not thread.is_alive():
+            loop.close()
 
 
 class LedgerService:
@@ -174,7 +201,9 @@ class LedgerService:
         self._last_error = None
         self._ready.set()
         logger.info("database ready; schema applied")
-        self._tasks.append(asyncio.create_task(self.sequencer.run(), name="ledger-sequencer"))
+        self._tasks.append(
+            asyncio.create_task(run_in_own_loop(self.sequencer.run), name="ledger-sequencer")
+        )
         if self.settings.seal_interval_seconds > 0:
             sealer = Sealer(
                 self.pool,

@@ -42,42 +42,22 @@ CORRELATION_HEADER = b"x-correlation-id"
 _CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
-class CorrelationIdMiddleware:
-    """Takes X-Correlation-Id from the request (or makes one) and echoes it back.
-
-    Plain ASGI rather than BaseHTTPMiddleware: it must not buffer or re-wrap responses.
-    """
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        supplied = dict(scope["headers"]).get(CORRELATION_HEADER, b"")
-        value = supplied if _CORRELATION_ID.fullmatch(supplied) else str(uuid.uuid4()).encode()
-        scope.setdefault("state", {})["correlation_id"] = value.decode()
-
-        async def send_with_header(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [*message.get("headers", []), (CORRELATION_HEADER, value)]
-            await send(message)
-
-        await self.app(scope, receive, send_with_header)
-
-
 class BodyTooLarge(StarletteHTTPException):
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"the request body is larger than {max_bytes} bytes")
 
 
-class BodyLimitMiddleware:
-    """Refuses request bodies over `max_bytes` with 413 problem+json.
+class LedgerHTTPMiddleware:
+    """The correlation id and the body limit, in one plain ASGI layer (one pass over the
+    request headers, one wrapper around `send`, no buffering).
 
-    A declared Content-Length over the limit is answered before the app runs; a body that
-    streams past the limit raises BodyTooLarge while it is read, which the error handlers
-    render like every other error.
+    Correlation: takes X-Correlation-Id from the request (or makes one) and echoes it back
+    on every response, the 413 below included.
+
+    Body limit: refuses request bodies over `max_bytes` with 413 problem+json. A declared
+    Content-Length over the limit is answered before the app runs; a body that streams past
+    the limit raises BodyTooLarge while it is read, which the error handlers render like
+    every other error.
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -88,10 +68,25 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            response = problem(413, BodyTooLarge(self.max_bytes).detail)
-            await response(scope, receive, send)
+        supplied = b""
+        declared = b""
+        for name, header in scope["headers"]:
+            if name == CORRELATION_HEADER:
+                supplied = header
+            elif name == b"content-length":
+                declared = header
+        value = supplied if _CORRELATION_ID.fullmatch(supplied) else str(uuid.uuid4()).encode()
+        scope.setdefault("state", {})["correlation_id"] = value.decode()
+
+        async def send_with_header(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (CORRELATION_HEADER, value)]
+            await send(message)
+
+        max_bytes = self.max_bytes
+        if declared.isdigit() and int(declared) > max_bytes:
+            response = problem(413, BodyTooLarge(max_bytes).detail)
+            await response(scope, receive, send_with_header)
             return
         received = 0
 
@@ -100,11 +95,11 @@ class BodyLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                if received > max_bytes:
+                    raise BodyTooLarge(max_bytes)
             return message
 
-        await self.app(scope, limited_receive, send)
+        await self.app(scope, limited_receive, send_with_header)
 
 
 def create_app(
@@ -166,7 +161,6 @@ def create_app(
     console.add_offline_docs(app)
     mcp = create_mcp_server(app)  # tools call this app in-process (api/web/mcp.py)
     app.router.routes.append(mcp_route(mcp))
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     if settings.read_database_url is not None:  # writes say their LSN (api/web/replicas.py)
         app.add_middleware(ReadYourWritesMiddleware)
     app.add_middleware(RequestMetricsMiddleware)  # duration, log context, access line
@@ -174,7 +168,9 @@ def create_app(
     provider = tracer_provider or provider_from_env()
     if provider is not None:
         app.add_middleware(CorrelationSpanMiddleware)
-    app.add_middleware(CorrelationIdMiddleware)
+    # Outermost: the correlation id (every inner layer logs and measures with it) and
+    # the body limit, in one pass over the headers.
+    app.add_middleware(LedgerHTTPMiddleware, max_bytes=settings.max_body_bytes)
     if provider is not None:
         instrument(app, provider)
     return app

@@ -82,6 +82,14 @@ async def authorize(request: Request) -> Principal:
 PrincipalDep = Annotated[Principal, Depends(authorize)]
 
 
+def principal_of(request: Request) -> Principal:
+    """The principal `authorize` found for this request, for handlers on hot routes that
+    read it instead of declaring PrincipalDep. `authorize` is an app-level dependency, so
+    it has always run (and set it) before a handler does."""
+    principal: Principal = request.state.principal
+    return principal
+
+
 # --- Start-up ---
 
 

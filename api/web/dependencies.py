@@ -34,9 +34,15 @@ def problem_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
 # pool, and that hop (per dependency, per request) cost more than the work in the profile.
 
 
-async def get_service(request: Request) -> LedgerService:
+def service_of(request: Request) -> LedgerService:
+    """The service, for handlers on hot routes that read it from the request instead of
+    resolving a dependency."""
     service: LedgerService = request.app.state.service
     return service
+
+
+async def get_service(request: Request) -> LedgerService:
+    return service_of(request)
 
 
 ServiceDep = Annotated[LedgerService, Depends(get_service)]

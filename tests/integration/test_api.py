@@ -819,3 +819,35 @@ async def test_the_client_reads_streams_and_the_feed(app: FastAPI, pool: asyncpg
         assert {event["metadata"]["idempotency_key"] for event in events} == {key}
         page = await ledger.events(after=events[0]["seq"] - 1, limit=3)
         assert page == events
+
+
+async def test_commands_store_the_canonical_bytes_each_hash_covers(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """The one-statement command path writes `events.hashed` (what set-based verify hashes):
+    present, and its SHA-256 is the event's hash, for apply and for a later command."""
+    applied = await client.post(
+        "/lending/apply",
+        json={
+            "applicant_id": new_applicant(),
+            "amount": 5000,
+            "income": 900,
+            "employment_years": 1,
+        },
+    )
+    assert applied.status_code == 200, applied.text
+    application_id = applied.json()["application_id"]
+    withdrawn = await client.post(
+        f"/lending/applications/{application_id}/withdraw", json={"reason": "changed my mind"}
+    )
+    assert withdrawn.status_code == 200, withdrawn.text
+    async with pool.acquire() as connection:
+        rows = await connection.fetch(
+            "SELECT hash, hashed, sha256(hashed) AS digest FROM events WHERE stream_id = $1"
+            " ORDER BY stream_version",
+            f"loan-application-{application_id}",
+        )
+    assert len(rows) == 4
+    for row in rows:
+        assert row["hashed"] is not None
+        assert row["digest"] == row["hash"]

@@ -450,3 +450,61 @@ async def test_keys_behave_like_a_map_from_caller_and_key_to_the_first_response(
             assert work.runs == runs_before + 1
             first[slot] = (call.body, result.response)
     assert work.runs == len(first)
+
+
+# --- Commands on existing applications: read the stream, then one statement ---
+
+
+async def test_a_retried_review_replays_though_deciding_again_would_fail(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """The retry finds the application already reviewed by its first attempt: deciding again
+    would be a 409, so the key is looked up and the first response replayed."""
+    applied = await client.post(
+        "/lending/apply",
+        json={"applicant_id": new_applicant(), "amount": "50000", "income": "12000",
+              "employment_years": 1},
+    )  # fmt: skip
+    application = applied.json()
+    assert application["status"] == "in_review"
+    path = f"/lending/applications/{application['application_id']}/review"
+    body = {"outcome": "approved", "justification": "ok", "expected_version": 3}
+    headers = {"Idempotency-Key": unique_key()}
+    first = await client.post(path, json=body, headers=headers)
+    assert first.status_code == 200, first.text
+    before = await row_counts(pool)
+    again = await client.post(path, json=body, headers=headers)
+    assert again.status_code == 200, again.text
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    other = await client.post(path, json={**body, "justification": "else"}, headers=headers)
+    assert_problem(other, 422, "idempotency-key-reused")
+    assert await row_counts(pool) == before
+
+
+async def test_a_keyed_agent_action_stores_the_position_the_database_gave(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    """An agent action's answer names its event's position, which only the insert knows:
+    the stored response has it filled in (projections/inline.py, ResponseTemplate)."""
+    applied = await client.post(
+        "/lending/apply",
+        json={"applicant_id": new_applicant(), "amount": "5000", "income": "90000",
+              "employment_years": 6},
+    )  # fmt: skip
+    application_id = applied.json()["application_id"]
+    path = f"/lending/applications/{application_id}/agent-actions"
+    body = {"agent_id": "a1", "model_name": "m", "prompt": "p", "output": "o",
+            "action": "other", "rationale": "r"}  # fmt: skip
+    headers = {"Idempotency-Key": unique_key()}
+    first = await client.post(path, json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    again = await client.post(path, json=body, headers=headers)
+    assert again.status_code == 201
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.content == first.content
+    events = await client.get(f"/lending/applications/{application_id}/events")
+    last = events.json()[-1]
+    assert first.json()["position"] == last["position"]
+    assert first.json()["event_id"] == last["event_id"]
+    assert len(events.json()) == 4

@@ -3,21 +3,32 @@ exactly the fold of the stored events, and every stream's chain verifies."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from operator import attrgetter
+from typing import Any
 
 import asyncpg
 import httpx
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from api.jsonio import dumps, to_plain
+from api.service.models import Application
+from api.web.commands import application_json
 from ledger.chain import verify_stream
 from ledger.db import Connection
 from ledger.events import RecordedEvent
 from projections.applications import ApplicationsProjector, fold_applications
-from projections.queries import all_applications, all_history
+from projections.queries import (
+    all_applications,
+    all_history,
+    applicant_history,
+    applicant_history_json,
+)
 from projections.runner import catch_up, create_shadow_schema
 from tests.support.helpers import all_events, wait_until_sequenced
 from tests.support.strategies import any_money, years
@@ -195,3 +206,87 @@ async def test_the_runner_builds_the_same_tables_from_the_ledger_log(
     finally:
         async with pool.acquire() as connection:
             await connection.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+# --- The history response rendered by PostgreSQL is the service's own rendering ---
+
+
+# Money as a request may send it (any scale, exponents) and as scores come out.
+def _usable_exponent(value: Decimal) -> bool:
+    exponent = value.as_tuple().exponent
+    return isinstance(exponent, int) and -20 <= exponent <= 10
+
+
+exact_decimals: st.SearchStrategy[Decimal] = st.decimals(
+    allow_nan=False, allow_infinity=False, min_value=-(10**15), max_value=10**15, places=None
+).filter(_usable_exponent)
+texts = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12)
+moments = st.datetimes(
+    min_value=datetime(1000, 1, 1), max_value=datetime(9998, 12, 31), timezones=st.just(UTC)
+)
+optional_moments = st.one_of(st.none(), moments, moments.map(lambda m: m.replace(microsecond=0)))
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.tuples(
+            exact_decimals, exact_decimals, st.one_of(st.none(), exact_decimals), texts,
+            st.one_of(st.none(), texts), st.lists(texts, max_size=3), moments, optional_moments,
+            optional_moments, st.integers(0, 80), st.integers(1, 2**31 - 1),
+        ),
+        min_size=0, max_size=4,
+    )
+)  # fmt: skip
+async def test_history_json_from_postgresql_is_the_services_rendering(
+    pool: asyncpg.Pool, rows: list[tuple[Any, ...]]
+) -> None:
+    applicant = f"json_{uuid.uuid4().hex[:12]}"
+    async with pool.acquire() as connection:
+        transaction = connection.transaction()
+        await transaction.start()
+        try:
+            for row in rows:
+                await insert_application_row(connection, applicant, *row)
+            for limit in (1, 10):
+                python_rows = await applicant_history(connection, applicant, limit)
+                expected = dumps(to_plain([Application.from_row(r) for r in python_rows]))
+                assert await applicant_history_json(connection, applicant, limit) == expected
+                # The commands' rendering without the model pass (api/web/commands.py).
+                for stored in python_rows:
+                    model = Application.from_row(stored)
+                    assert application_json(stored) == dumps(to_plain(model))
+        finally:
+            await transaction.rollback()
+
+
+async def insert_application_row(
+    connection: Connection,
+    applicant: str,
+    amount: Decimal,
+    income: Decimal,
+    score: Decimal | None,
+    actor: str,
+    decided_by: str | None,
+    codes: list[str],
+    created: datetime,
+    review: datetime | None,
+    reviewed: datetime | None,
+    employment_years: int,
+    version: int,
+) -> None:
+    await connection.execute(
+        """INSERT INTO loan_applications (application_id, applicant_id, amount, income,
+               employment_years, risk_score, decision, status, scoring_model,
+               scoring_model_version, created_at, updated_at, stream_version,
+               last_event_position, submitted_by, decided_by, recommended_outcome,
+               reason_codes, in_review_since, reviewed_at)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, 1, $14, $15,
+                   $16, $17::text::jsonb, $18, $19)""",
+        uuid.uuid4(), applicant, amount, income, employment_years, score,
+        None if score is None else actor, "in_review", None if score is None else 'm"1',
+        "v\\1", created, reviewed or created, version, actor, decided_by, decided_by,
+        json.dumps(codes), review, reviewed,
+    )  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
@@ -16,8 +17,13 @@ from hypothesis import strategies as st
 
 from ledger.application import SubmitApplication, decide, fold
 from ledger.canonical import GENESIS_HASH, canonical_bytes, format_timestamp
-from ledger.chain import hash_of_event, verify_stream
-from ledger.events import DomainEvent, RecordedEvent, ScoringInputs
+from ledger.chain import (
+    chain_new_events,
+    chain_new_events_encoded,
+    hash_of_event,
+    verify_stream,
+)
+from ledger.events import DomainEvent, EventMetadata, NewEvent, RecordedEvent, ScoringInputs
 from ledger.scoring import RATIO_V1
 from tests.support.strategies import any_money, years
 
@@ -190,3 +196,28 @@ def test_the_hashed_time_is_the_documented_strftime(moment: datetime) -> None:
     """format_timestamp takes a faster path than the strftime the docs give; same text."""
     expected = moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     assert format_timestamp(moment) == expected
+
+
+@given(any_money, any_money, years, st.text(max_size=20))
+def test_chaining_with_encoded_json_hashes_as_the_plain_envelope_does(
+    amount: Decimal, income: Decimal, employment_years: int, actor: str
+) -> None:
+    """The command path encodes data and metadata once and embeds them in the envelope as
+    fragments; the hash must be that of the plain canonical envelope."""
+    command = SubmitApplication(uuid4(), "cust_1001", amount, income, employment_years, actor)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    new_events = [
+        NewEvent(uuid4(), event, EventMetadata(actor, "c", None, "k"))
+        for event in decide(None, command, now, RATIO_V1)
+    ]
+    chained = chain_new_events_encoded("loan-application-x", 0, GENESIS_HASH, new_events, now)
+    assert [c.event for c in chained] == chain_new_events(
+        "loan-application-x", 0, GENESIS_HASH, new_events, now
+    )
+    for item in chained:
+        assert hash_of_event(item.event) == item.event.hash
+        assert item.data_json == canonical_bytes(item.event.data)
+        assert item.metadata_json == canonical_bytes(item.event.metadata)
+    assert verify_stream([c.event for c in chained]) is None
+    for item in chained:  # the stored bytes are what the hash covers
+        assert hashlib.sha256(item.hashed).digest() == item.event.hash

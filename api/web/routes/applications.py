@@ -15,22 +15,22 @@ from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
 from api.service.commands import submit_application
 from api.service.models import Application, ApplyRequest, Event
-from api.web.auth import PrincipalDep
+from api.web.auth import principal_of
 from api.web.commands import command_context, command_response, render_application
 from api.web.dependencies import (
     IdempotencyKey,
     PoolDep,
     ReadPoolDep,
-    ServiceDep,
     parse_application_id,
     problem_responses,
     require_json,
+    service_of,
 )
 from api.web.responses import ExactJSONRoute, JSONResponse
 from ledger.application import APPLICANT_ID_PATTERN, stream_id_for
 from ledger.errors import NotFound
 from ledger.store import read_stream
-from projections.queries import applicant_history, get_application
+from projections.queries import applicant_history_json, get_application
 from projections.time_travel import applicant_history_at, application_at
 
 router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONResponse)
@@ -131,16 +131,15 @@ async def history_then(
     dependencies=[Depends(require_json)],
 )
 async def apply(
-    body: ApplyRequest,
-    request: Request,
-    service: ServiceDep,
-    pool: PoolDep,
-    principal: PrincipalDep,
-    idempotency_key: IdempotencyKey = None,
+    body: ApplyRequest, request: Request, idempotency_key: IdempotencyKey = None
 ) -> Response:
     """Appends `ApplicationSubmitted`, `ApplicationScored` and `ApplicationDecided` to a new
     stream in one transaction, and updates the read models in the same transaction."""
-    context = command_context(request, principal, idempotency_key, body.model_dump(mode="json"))
+    # A hot route: the service, pool and principal are read from the request rather than
+    # resolved as dependencies (the app-level `authorize` has already set the principal).
+    service = service_of(request)
+    pool = service.pool  # 503 problem+json while the database is not ready
+    context = command_context(request, principal_of(request), idempotency_key, body)
     result = await submit_application(
         pool, body, context, service.scoring_model, datetime.now(UTC), render_application
     )
@@ -162,12 +161,13 @@ async def history(
     pool: ReadPoolDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 10,
     as_of: AsOf = None,
-) -> JSONResponse:
+) -> Response:
     if as_of is not None:
         return await history_then(pool, applicant_id, as_of, limit)
+    # PostgreSQL renders the JSON (projections/sql.py); it is passed through as bytes.
     async with pool.acquire() as connection:
-        rows = await applicant_history(connection, applicant_id, limit)
-    return JSONResponse([Application.from_row(row) for row in rows])
+        body = await applicant_history_json(connection, applicant_id, limit)
+    return Response(body, media_type="application/json")
 
 
 @router.get(

@@ -139,7 +139,7 @@ async def review(
         )
         return decide_review(state, command, catalogue)
 
-    context = command_context(request, principal, idempotency_key, body.model_dump(mode="json"))
+    context = command_context(request, principal, idempotency_key, body)
     result = await act_on_application(
         pool, context, parsed, decision, datetime.now(UTC), render_application
     )
@@ -174,7 +174,7 @@ async def withdraw(
         channel="analyst" if principal.role in (Role.ANALYST, Role.ADMIN) else "applicant",
         expected_version=_expected_version(if_match, body.expected_version),
     )
-    context = command_context(request, principal, idempotency_key, body.model_dump(mode="json"))
+    context = command_context(request, principal, idempotency_key, body)
     result = await act_on_application(
         pool,
         context,
@@ -212,7 +212,7 @@ async def manual_review(
         requested_by=principal.actor,
         expected_version=_expected_version(if_match, body.expected_version),
     )
-    context = command_context(request, principal, idempotency_key, body.model_dump(mode="json"))
+    context = command_context(request, principal, idempotency_key, body)
     result = await act_on_application(
         pool,
         context,
@@ -275,7 +275,7 @@ async def record_agent_action(
         rationale=body.rationale,
         expected_version=_expected_version(if_match, body.expected_version),
     )
-    context = command_context(request, principal, idempotency_key, body.model_dump(mode="json"))
+    context = command_context(request, principal, idempotency_key, body)
     result = await act_on_application(
         pool,
         context,

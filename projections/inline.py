@@ -1,0 +1,140 @@
+"""One command's whole write in one statement: the inline read models written with the
+events they are folded from.
+
+The caller has already done everything that needs no database: decided, chained the events
+(ledger/chain.py), folded them into the application's row and history entries with the pure
+fold (projections/applications.py) and rendered the response. `write_command` sends all of
+it to `ledger_command` (schema.sql), which claims the idempotency key, inserts the events,
+writes the row and the entries with the positions the insert assigned, and stores the
+response: one round trip, one transaction. The fold stays the reference: the property
+tests (tests/integration/test_properties_db.py) hold the rows this path writes equal to
+the fold of the stored events.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+import asyncpg
+import orjson
+
+from ledger.chain import ChainedEvent
+from ledger.db import Connection
+from ledger.errors import ConcurrencyConflict
+from ledger.idempotency import lock_key
+from projections import sql
+from projections.applications import ApplicationRow, HistoryRow
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """The key a request came with, in its caller's scope."""
+
+    scope: str
+    key: str
+    fingerprint: bytes
+    retention: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseTemplate:
+    """A rendered response whose body may name positions the database has yet to assign:
+    `slots[i]` (1-based, an index into the command's events) goes between `parts[i]` and
+    `parts[i + 1]`. A body that names no position is one part and no slot."""
+
+    status_code: int
+    parts: tuple[bytes, ...]
+    slots: tuple[int, ...] = ()
+
+    def body(self, positions: Sequence[int]) -> bytes:
+        if not self.slots:
+            return self.parts[0]
+        pieces = [self.parts[0]]
+        for slot, part in zip(self.slots, self.parts[1:], strict=True):
+            pieces.append(str(positions[slot - 1]).encode())
+            pieces.append(part)
+        return b"".join(pieces)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandWrite:
+    """What `ledger_command` answered: `outcome` is `applied`, `replayed`, `reused` or
+    `in_flight` (schema.sql says what each means)."""
+
+    outcome: str
+    status_code: int | None
+    body: bytes | None
+    positions: list[int]
+
+
+async def write_command(
+    connection: Connection,
+    claim: IdempotencyClaim | None,
+    events: Sequence[ChainedEvent],
+    expected_version: int,
+    row: ApplicationRow,
+    history: Sequence[HistoryRow],
+    response: ResponseTemplate,
+) -> CommandWrite:
+    """Write one command on one stream, outside any transaction of the caller's (the
+    statement is its own). Raises ConcurrencyConflict when another writer appended to the
+    stream after it was read at `expected_version`."""
+    first = events[0].event
+    state = row.state
+    try:
+        record = await connection.fetchrow(
+            sql.RUN_COMMAND,
+            claim.scope if claim else None,
+            claim.key if claim else None,
+            claim.fingerprint if claim else None,
+            claim.retention if claim else None,
+            lock_key(claim.scope, claim.key) if claim else None,
+            first.stream_id,
+            first.recorded_at,
+            [c.event.stream_version for c in events],
+            [c.event.event_id for c in events],
+            [c.event.event_type for c in events],
+            [c.event.schema_version for c in events],
+            [c.data_json.decode() for c in events],
+            [c.metadata_json.decode() for c in events],
+            [c.event.prev_hash for c in events],
+            [c.event.hash for c in events],
+            state.application_id,
+            state.applicant_id,
+            state.amount,
+            state.income,
+            state.employment_years,
+            state.risk_score,
+            state.decision,
+            state.status,
+            state.scoring_model,
+            state.scoring_model_version,
+            row.created_at,
+            state.submitted_by,
+            state.decided_by,
+            state.recommended_outcome,
+            orjson.dumps(list(state.reason_codes)).decode(),
+            row.in_review_since,
+            row.reviewed_at,
+            [h.stream_version for h in history],
+            [h.status for h in history],
+            [orjson.dumps(h.details).decode() for h in history],
+            response.status_code,
+            list(response.parts),
+            list(response.slots),
+            [c.hashed for c in events],  # what each hash covers (events.hashed)
+        )
+    except asyncpg.UniqueViolationError as error:
+        if error.constraint_name == "events_stream_version_unique":
+            raise ConcurrencyConflict(first.stream_id, expected_version) from None
+        raise
+    assert record is not None
+    body = record["r_body"]
+    return CommandWrite(
+        outcome=record["r_outcome"],
+        status_code=record["r_status_code"],
+        body=bytes(body) if body is not None else None,
+        positions=list(record["r_positions"] or ()),
+    )
