@@ -17,8 +17,9 @@ from api.service.runtime import LedgerService
 from api.service.settings import Settings
 from api.web.auth import authorize, security
 from api.web.mcp import create_mcp_server, mcp_route, running
+from api.web.openapi import install as install_openapi
 from api.web.problems import problem, register_error_handlers
-from api.web.routes import admin, applications, audit, events, health, keys, seals, workflow
+from api.web.routes import admin, applications, audit, docs, events, health, keys, seals, workflow
 from ledger.sequencer import SequencerSettings
 
 logger = logging.getLogger(__name__)
@@ -134,10 +135,15 @@ def create_app(
         redirect_slashes=False,
         # Every route is authorised from one table, by operation_id (api/service/access.py).
         dependencies=[Depends(authorize)],
+        # Served by api/web/routes/docs.py: authorised like every route, open-mode aware.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     register_error_handlers(app)
-    for routes in (applications, events, health, audit, workflow, keys, seals, admin):
+    for routes in (applications, events, health, audit, workflow, keys, seals, admin, docs):
         app.include_router(routes.router)
+    install_openapi(app)
     mcp = create_mcp_server(app)  # tools call this app in-process (api/web/mcp.py)
     app.router.routes.append(mcp_route(mcp))
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
