@@ -29,7 +29,7 @@ import asyncpg
 
 from api.service import metrics
 from api.service.dbrole import APP_GROUP_ROLE, current_role, ledger_rewrite_privileges
-from api.service.errors import NotAuthenticated
+from api.service.errors import NotAuthenticated, OpenModeRefused
 from api.service.keystore import (
     active_key_count,
     any_key_exists,
@@ -97,6 +97,12 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
     "create_api_key": _ADMINS,
     "list_api_keys": _ADMINS,
     "revoke_api_key": _ADMINS,
+    # the API's description (not in the OpenAPI document itself): any role; no key
+    # outside production (DOCUMENT_OPERATIONS)
+    "get_openapi": _READERS,
+    "get_api_docs": _READERS,
+    "get_api_docs_redirect": _READERS,
+    "get_api_redoc": _READERS,
     # always open: liveness and readiness probes carry no key
     "get_health": frozenset(),
     "get_readiness": frozenset(),
@@ -128,6 +134,36 @@ ALLOWED_ROLES: dict[str, frozenset[Role]] = {
 PUBLIC_OPERATIONS = frozenset(op for op, roles in ALLOWED_ROLES.items() if not roles)
 ADMIN_ONLY = _ADMINS
 
+DOCUMENT_OPERATIONS = frozenset(
+    {"get_openapi", "get_api_docs", "get_api_docs_redirect", "get_api_redoc"}
+)
+"""`/openapi.json` and `/docs`: public outside production, any valid key in production."""
+
+NEVER_OPEN = frozenset({"create_api_key"})
+"""Operations an anonymous caller may not call even in open mode. Creating a key over HTTP
+without one would let whoever reaches the port first mint the first admin key and lock the
+owner out; the first key comes from the local CLI (FIRST_KEY_HINT)."""
+
+FIRST_KEY_HINT = (
+    "create the first admin key on the service's host with "
+    "`lending-ledger keys create --role admin --name <you>`, then send it as "
+    "`Authorization: Bearer <key>`"
+)
+
+
+def public_operation(operation_id: str | None, settings: Settings) -> bool:
+    """Whether the operation needs no key at all (health probes; the API's description
+    outside production)."""
+    if operation_id in PUBLIC_OPERATIONS:
+        return True
+    return operation_id in DOCUMENT_OPERATIONS and settings.app_env != "production"
+
+
+def roles_for(operation_id: str) -> list[Role]:
+    """The roles that may call the operation, in Role order (admin always among them)."""
+    allowed = ALLOWED_ROLES.get(operation_id, ADMIN_ONLY)
+    return [role for role in Role if role is Role.ADMIN or role in allowed]
+
 
 def may_call(role: Role, operation_id: str | None) -> bool:
     """Whether `role` may call the operation; unknown operations are admin-only."""
@@ -150,6 +186,16 @@ class Principal:
 
 OPEN_MODE_PRINCIPAL = Principal(name="anonymous", role=None)
 """Also the principal of public operations (health probes), which act on nobody's rights."""
+
+
+def check_open_mode_call(principal: Principal, operation_id: str | None) -> None:
+    """Refuse (OpenModeRefused) what the open-mode principal may never do."""
+    if principal.role is None and operation_id in NEVER_OPEN:
+        raise OpenModeRefused(
+            f"{operation_id!r} needs an admin key, even in open mode (no key exists yet): "
+            f"{FIRST_KEY_HINT}",
+            operation_id=operation_id,
+        )
 
 
 # --- Failed authentications, logged without flooding the log ---
@@ -299,6 +345,10 @@ class Authenticator:
         """Drop a key from this process's cache (its revocation reaches other processes
         within `ttl`)."""
         self._verified = {d: v for d, v in self._verified.items() if v.key_id != key_id}
+
+    async def is_open(self, pool: Callable[[], asyncpg.Pool]) -> bool:
+        """Whether the service runs in open mode now (as of at most `ttl` ago)."""
+        return await self._open(pool)
 
     async def _open(self, pool: Callable[[], asyncpg.Pool]) -> bool:
         if self._keys_exist:

@@ -45,3 +45,13 @@ class RoleNotAllowed(Exception):
         super().__init__(f"the role {str(role)!r} may not call {operation_id!r}")
         self.role = role
         self.operation_id = operation_id
+
+
+class OpenModeRefused(Exception):
+    """Open mode (no key exists yet) lets anonymous callers do everything except create
+    keys over HTTP: 403, and the detail says how to create the first key."""
+
+    def __init__(self, detail: str, *, operation_id: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.operation_id = operation_id

@@ -20,12 +20,14 @@ from api.web import console
 from api.web.auth import authorize, security
 from api.web.mcp import create_mcp_server, mcp_route, running
 from api.web.metrics import RequestMetricsMiddleware
+from api.web.openapi import install as install_openapi
 from api.web.problems import problem, register_error_handlers
 from api.web.replicas import ReadYourWritesMiddleware
 from api.web.routes import (
     admin,
     applications,
     audit,
+    docs,
     events,
     health,
     keys,
@@ -149,16 +151,29 @@ def create_app(
         redirect_slashes=False,
         # Every route is authorised from one table, by operation_id (api/service/access.py).
         dependencies=[Depends(authorize)],
-        # /docs and /redoc are served from the package's own files (offline), below.
+        # Served by api/web/routes/docs.py: authorised like every route, open-mode aware,
+        # with the package's own assets (offline).
+        openapi_url=None,
         docs_url=None,
         redoc_url=None,
     )
     register_error_handlers(app)
-    for routes in (applications, events, health, audit, workflow, keys, seals, admin, metrics):
+    for routes in (
+        applications,
+        events,
+        health,
+        audit,
+        workflow,
+        keys,
+        seals,
+        admin,
+        metrics,
+        docs,
+    ):
         app.include_router(routes.router)
+    install_openapi(app)
     app.include_router(console.router)  # the web console for people (docs/console.md)
     app.mount(console.STATIC_URL, console.static_files(), name="console-static")
-    console.add_offline_docs(app)
     mcp = create_mcp_server(app)  # tools call this app in-process (api/web/mcp.py)
     app.router.routes.append(mcp_route(mcp))
     if settings.read_database_url is not None:  # writes say their LSN (api/web/replicas.py)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Annotated
 
 import asyncpg
@@ -21,11 +22,12 @@ from fastapi import Depends, FastAPI, Request
 
 from api.service.access import (
     OPEN_MODE_PRINCIPAL,
-    PUBLIC_OPERATIONS,
     Authenticator,
     Principal,
     StartupRefused,
+    check_open_mode_call,
     may_call,
+    public_operation,
     startup_checks,
 )
 from api.service.errors import DATABASE_UNAVAILABLE, RoleNotAllowed, ServiceUnavailable
@@ -43,8 +45,8 @@ PRODUCTION_READY_TIMEOUT = 60.0
 def presented_key(request: Request) -> str | None:
     """`Authorization: Bearer <key>`, else `X-API-Key: <key>`; None when neither is sent.
 
-    Deliberately not declared as OpenAPI security schemes: in open mode no key is needed,
-    and a document that demanded one would be wrong there (docs/api.md describes both)."""
+    Both are declared as OpenAPI security schemes (api/web/openapi.py); in open mode the
+    served document marks them optional."""
     scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
@@ -64,19 +66,23 @@ async def authorize(request: Request) -> Principal:
         return principal
     route = request.scope.get("route")
     operation_id: str | None = getattr(route, "operation_id", None)
-    if operation_id in PUBLIC_OPERATIONS:
+    service: LedgerService = request.app.state.service
+    if public_operation(operation_id, service.settings):
         principal = OPEN_MODE_PRINCIPAL
     else:
-        authenticator: Authenticator = request.app.state.authenticator
-        service: LedgerService = request.app.state.service
-        remote = request.client.host if request.client else None
-        key = presented_key(request)
-        principal = await authenticator.principal(lambda: service.pool, key, remote)
+        principal = await authenticate(request)
         if principal.role is not None and not may_call(principal.role, operation_id):
             name = operation_id or f"{request.method} {getattr(route, 'path', request.url.path)}"
             raise RoleNotAllowed(principal.role, name)
+        check_open_mode_call(principal, operation_id)
     request.state.principal = principal
     return principal
+
+
+async def authenticate(request: Request) -> Principal:
+    """The caller of this request, whatever it calls: the open-mode principal, or the
+    holder of the key it presents (NotAuthenticated otherwise)."""
+    return await key_check(request)()
 
 
 PrincipalDep = Annotated[Principal, Depends(authorize)]
@@ -88,6 +94,39 @@ def principal_of(request: Request) -> Principal:
     it has always run (and set it) before a handler does."""
     principal: Principal = request.state.principal
     return principal
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """Checks, again, the key a request presented (or open mode, for a request without
+    one). Streams that outlive their request call it before every read: a revoked key (or
+    the end of open mode) raises NotAuthenticated within the authenticator's cache time
+    (KEY_CACHE_SECONDS), at once in the process that revoked it."""
+
+    authenticator: Authenticator
+    pool: Callable[[], asyncpg.Pool]
+    key: str | None
+    remote: str | None
+
+    async def __call__(self) -> Principal:
+        return await self.authenticator.principal(self.pool, self.key, self.remote)
+
+
+def key_check(request: Request) -> KeyCheck:
+    service: LedgerService = request.app.state.service
+    return KeyCheck(
+        authenticator=request.app.state.authenticator,
+        pool=lambda: service.pool,
+        key=presented_key(request),
+        remote=request.client.host if request.client else None,
+    )
+
+
+async def get_key_check(request: Request) -> KeyCheck:
+    return key_check(request)
+
+
+KeyCheckDep = Annotated[KeyCheck, Depends(get_key_check)]
 
 
 # --- Start-up ---

@@ -25,11 +25,13 @@ from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field
+from starlette.requests import Request
 from starlette.routing import Route
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.client import LedgerAPIError, LedgerClient
 from api.jsonio import dumps
+from api.web.auth import authenticate
 
 MCP_PATH = "/mcp"
 INTERNAL_BASE_URL = "http://lending-ledger.internal"
@@ -370,6 +372,20 @@ async def running(server: MCPServer[Any]) -> AsyncIterator[None]:
         await task
 
 
+class AuthenticatedMCP:
+    """Every MCP request (initialize, tools/list, tools/call, ...) presents a valid key, of
+    any role, like every other endpoint (401 problem+json otherwise); in open mode none is
+    needed. What each tool may do is then decided by the HTTP operation it calls. The
+    endpoint is stateless, so no MCP session outlives the request that checked its key."""
+
+    def __init__(self, inner: ASGIApp) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await authenticate(Request(scope))  # NotAuthenticated: the app's 401 handler
+        await self.inner(scope, receive, send)
+
+
 def mcp_route(server: MCPServer[Any]) -> Route:
     """`/mcp`, exactly (no redirect from `/mcp/`): the streamable HTTP endpoint."""
-    return Route(MCP_PATH, endpoint=StreamableHTTPASGIApp(server.session_manager))
+    return Route(MCP_PATH, endpoint=AuthenticatedMCP(StreamableHTTPASGIApp(server.session_manager)))

@@ -19,6 +19,7 @@ from mcp.types import CallToolResult, TextContent
 from api.jsonio import loads_exact
 from api.service.access import Role
 from tests.conftest import MakeDatabase, new_applicant
+from tests.support.helpers import assert_problem
 from tests.support.keyed import keyed_app
 from tests.support.live_server import serving
 
@@ -294,9 +295,11 @@ async def test_the_callers_api_key_is_forwarded(make_database: MakeDatabase) -> 
     async with keyed_app(make_database) as keyed:
         body = {"applicant_id": new_applicant(), "amount": "5000", "income": "90000"}
         arguments = {**body, "employment_years": 6}
-        async with mcp_session(keyed.app) as anonymous:
-            refused = await anonymous.call_tool("submit_application", arguments)
-        assert_tool_problem(refused, 401, "unauthorized")
+        # Without a key, the MCP endpoint itself refuses every method (not just the tools).
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {}}
+        accept = {"accept": "application/json, text/event-stream"}
+        refused = await keyed.client.post("/mcp", json=call, headers=accept)
+        assert_problem(refused, 401, "unauthorized")
         auditor = {"x-api-key": keyed.keys[Role.AUDITOR]}
         async with mcp_session(keyed.app, auditor) as session:
             forbidden = await session.call_tool("submit_application", arguments)

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import httpx
@@ -80,7 +81,11 @@ async def lifespan_in_own_task(app: FastAPI) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def keyed_app(make_database: MakeDatabase, app_env: str = "test") -> AsyncIterator[KeyedApp]:
+async def keyed_app(
+    make_database: MakeDatabase, app_env: str = "test", **overrides: Any
+) -> AsyncIterator[KeyedApp]:
+    """`overrides`: further Settings (e.g. allow_privileged_database_role for production,
+    since tests connect as the database's owner)."""
     url = await make_database()
     connection = await connect(url)
     try:
@@ -92,7 +97,8 @@ async def keyed_app(make_database: MakeDatabase, app_env: str = "test") -> Async
         spare, _ = await create_key(connection, "test-spare", Role.ADMIN.value)
     finally:
         await connection.close()
-    app = create_app(Settings(app_env=app_env), database_url=url, sequencer_settings=FAST_SEQUENCER)
+    settings = Settings(app_env=app_env, **overrides)
+    app = create_app(settings, database_url=url, sequencer_settings=FAST_SEQUENCER)
     pool = await create_pool(url, min_size=1, max_size=4)
     try:
         async with lifespan_in_own_task(app):

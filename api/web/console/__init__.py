@@ -1,7 +1,7 @@
 """The web console for people (issue #15): server-rendered pages under /console, signed in
 with an API key exchanged for a session cookie, on the same service layer and role table as
 the API. `router` holds every page; `static_files()` serves the package's own CSS, scripts
-and vendored Swagger UI / ReDoc; `add_offline_docs` serves /docs and /redoc from them.
+and vendored Swagger UI / ReDoc, which api/web/routes/docs.py serves at /docs and /redoc.
 See docs/console.md."""
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from starlette.staticfiles import StaticFiles
 
 from api.web.console import ledger, operations, reviews, seals, signin
 from api.web.console.base import STATIC_DIR, STATIC_URL
-from api.web.console.docs import add_offline_docs
 
 router = APIRouter()
 for _pages in (signin, reviews, ledger, seals, operations):
@@ -22,4 +21,4 @@ def static_files() -> StaticFiles:
     return StaticFiles(directory=STATIC_DIR)
 
 
-__all__ = ["STATIC_URL", "add_offline_docs", "router", "static_files"]
+__all__ = ["STATIC_URL", "router", "static_files"]

@@ -18,6 +18,7 @@ from api.service.models import Application, ApplyRequest, Event
 from api.web.auth import principal_of
 from api.web.commands import command_context, command_response, render_application
 from api.web.dependencies import (
+    Digits,
     IdempotencyKey,
     PoolDep,
     ReadPoolDep,
@@ -77,8 +78,10 @@ AtPosition = Annotated[
         ge=1,
         le=2**63 - 1,
         description="Answer as the ledger stood right after this global event position: "
-        "folded from the events up to it.",
+        "folded from the events up to it. Not together with `as_of`: both at once are a 422 "
+        "`validation-error` naming `at_position` (a rule the schema cannot state).",
     ),
+    Digits,
 ]
 
 
@@ -159,7 +162,7 @@ async def apply(
 async def history(
     applicant_id: Annotated[str, Path(pattern=f"^{APPLICANT_ID_PATTERN.pattern}$")],
     pool: ReadPoolDep,
-    limit: Annotated[int, Query(ge=1, le=100)] = 10,
+    limit: Annotated[int, Query(ge=1, le=100, description="at most this many"), Digits] = 10,
     as_of: AsOf = None,
 ) -> Response:
     if as_of is not None:

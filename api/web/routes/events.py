@@ -21,12 +21,12 @@ from fastapi.responses import StreamingResponse
 from pydantic import BeforeValidator
 
 from api.jsonio import dumps, to_plain
-from api.service.errors import DATABASE_UNAVAILABLE, ServiceUnavailable
+from api.service.errors import DATABASE_UNAVAILABLE, NotAuthenticated, ServiceUnavailable
 from api.service.live import LedgerTail
 from api.service.models import Event
-from api.web.dependencies import PoolDep, ReadPoolDep, ServiceDep, problem_responses
-from api.web.models import Problem
-from api.web.problems import PROBLEM_MEDIA_TYPE
+from api.web.auth import KeyCheck, KeyCheckDep
+from api.web.dependencies import Digits, PoolDep, ReadPoolDep, ServiceDep, problem_responses
+from api.web.problems import problem_body
 from api.web.responses import ExactJSONRoute, JSONResponse
 from ledger.events import RecordedEvent
 from ledger.store import read_feed
@@ -68,16 +68,44 @@ def sse_frame(event: RecordedEvent) -> bytes:
     return b"id: %d\nevent: %s\ndata: %s\n\n" % (event.seq, event.event_type.encode(), data)
 
 
+def revoked_frame(refusal: NotAuthenticated) -> bytes:
+    """The stream's last event when its key stops being valid: `event: revoked`, the 401
+    problem as data, no `id` (it is not a ledger event)."""
+    body = problem_body(401, f"{refusal.detail}; the stream has ended")
+    return b"event: revoked\ndata: %s\n\n" % dumps(body)
+
+
+async def _still_authorized(check: KeyCheck | None) -> NotAuthenticated | bool:
+    """True when the key still holds; the refusal when it does not; False when the
+    database cannot say right now (deliver nothing, ask again at the next poll)."""
+    if check is None:
+        return True
+    try:
+        await check()
+    except NotAuthenticated as refusal:
+        return refusal
+    except (ServiceUnavailable, asyncpg.PostgresError, *DATABASE_UNAVAILABLE) as error:
+        logger.warning("event stream cannot check its API key: %r", error)
+        return False
+    return True
+
+
 async def follow_ledger(
     tail: LedgerTail,
     pool: Callable[[], asyncpg.Pool],
     after: int,
     types: frozenset[str] | None = None,
+    key_check: KeyCheck | None = None,
 ) -> AsyncIterator[bytes]:
     """Events after `after` in `seq` order, then new ones as they are sequenced, until the
     tail closes (the service stops) or the client goes away (the response is cancelled).
 
     `pool` is called for every page, so a stream outlives a database restart.
+
+    `key_check` runs before every page is read (a cache hit, except once every
+    KEY_CACHE_SECONDS): once the caller's key is revoked (or open mode ends, for a stream
+    opened without a key) the stream sends `event: revoked` and ends, and nothing read
+    after the revocation reached this process is delivered.
     """
     settings = tail.settings
     last_seq = after
@@ -87,6 +115,14 @@ async def follow_ledger(
         yield b"retry: %d\n\n" % RETRY_MILLISECONDS
         while not tail.closed:
             changed = tail.next_change()  # before the read: a wake-up during it is kept
+            authorized = await _still_authorized(key_check)
+            if isinstance(authorized, NotAuthenticated):
+                yield revoked_frame(authorized)
+                return
+            if not authorized:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), settings.poll_interval)
+                continue
             try:
                 async with pool().acquire() as connection:
                     events = await read_feed(connection, last_seq, PAGE_SIZE)
@@ -126,9 +162,9 @@ async def follow_ledger(
 async def feed(
     pool: ReadPoolDep,
     after: Annotated[
-        int, Query(ge=0, le=2**63 - 1, description="last seq seen; 0 from the start")
+        int, Query(ge=0, le=MAX_SEQ, description="last seq seen; 0 from the start"), Digits
     ] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Annotated[int, Query(ge=1, le=1000, description="at most this many"), Digits] = 100,
 ) -> JSONResponse:
     async with pool.acquire() as connection:
         events = await read_feed(connection, after, limit)
@@ -143,17 +179,20 @@ async def feed(
     responses={
         200: {
             "description": "`text/event-stream`: one event per ledger entry, "
-            "`id` = seq, `event` = event type, `data` = the event (as in GET /events)",
+            "`id` = seq, `event` = event type, `data` = the event (as in GET /events). "
+            "When the caller's key is revoked the stream ends with `event: revoked`, whose "
+            "`data` is a 401 `unauthorized` problem.",
             "content": {EVENT_STREAM: {"schema": {"type": "string"}}},
         },
-        **{code: {"model": Problem, "content": {PROBLEM_MEDIA_TYPE: {}}} for code in (422, 503)},
+        **problem_responses(),
     },
 )
 async def stream_events(
     service: ServiceDep,
+    key_check: KeyCheckDep,
     pool: PoolDep,  # 503 problem+json before the stream starts while the database is down
     after: Annotated[
-        int, Query(ge=0, le=MAX_SEQ, description="last seq seen; 0 from the start")
+        int, Query(ge=0, le=MAX_SEQ, description="last seq seen; 0 from the start"), Digits
     ] = 0,
     types: Annotated[
         list[str] | None,
@@ -166,7 +205,11 @@ async def stream_events(
     start = after if last_event_id is None else last_event_id
     return StreamingResponse(
         follow_ledger(
-            service.tail, lambda: service.pool, start, frozenset(types) if types else None
+            service.tail,
+            lambda: service.pool,
+            start,
+            frozenset(types) if types else None,
+            key_check,
         ),
         media_type=EVENT_STREAM,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -78,7 +78,11 @@ async def create_api_key(
     body: CreateApiKeyRequest, pool: PoolDep, principal: PrincipalDep
 ) -> JSONResponse:
     """Not idempotent on purpose: replaying the response to a retry would mean storing the
-    key. A retry that may have succeeded leaves an extra key: list and revoke it."""
+    key. A retry that may have succeeded leaves an extra key: list and revoke it.
+
+    Never without a key: in open mode (no key exists yet) an anonymous request is a 403
+    `forbidden` whose detail says how to create the first admin key, on the service's
+    host: `lending-ledger keys create --role admin --name <you>`."""
     async with pool.acquire() as connection:
         record, key = await create_key(connection, body.name, body.role.value)
     logger.info("API key %s (%s) created by %s", record.id, record.role, principal.actor)
@@ -107,7 +111,7 @@ async def list_api_keys(pool: PoolDep) -> JSONResponse:
     responses=problem_responses(401, 403, 404),
 )
 async def revoke_api_key(
-    key_id: Annotated[str, Path(description="The key's id (16 hex digits)")],
+    key_id: Annotated[str, Path(description="The key's id (16 hex digits; any other id is a 404)")],
     request: Request,
     pool: PoolDep,
     principal: PrincipalDep,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from api.service.audit_models import SealOut
 from api.service.models import Event
-from api.web.dependencies import PoolDep, ServiceDep, problem_responses
+from api.web.dependencies import Digits, PoolDep, ServiceDep, problem_responses
 from api.web.responses import ExactJSONRoute, JSONResponse
 from ledger.errors import NotFound, NotYetSealed
 from ledger.merkle import leaf_hash
@@ -127,7 +127,7 @@ async def post_seal(service: ServiceDep, pool: PoolDep) -> JSONResponse:
     responses=problem_responses(404, 409, 422),
 )
 async def get_inclusion_proof(
-    position: Annotated[int, Path(ge=1, le=MAX_BIGINT, description="the event's position")],
+    position: Annotated[int, Path(ge=1, le=MAX_BIGINT, description="the event's position"), Digits],
     pool: PoolDep,
 ) -> JSONResponse:
     """404 for an unknown position; 409 `not-yet-sealed` when the latest seal does not
@@ -156,8 +156,19 @@ async def get_inclusion_proof(
     responses=problem_responses(404, 422),
 )
 async def get_consistency_proof(
-    first: Annotated[int, Query(ge=1, le=MAX_BIGINT, description="tree size of a seal")],
-    second: Annotated[int, Query(ge=1, le=MAX_BIGINT, description="a later seal's size")],
+    first: Annotated[
+        int,
+        Query(
+            ge=1,
+            le=MAX_BIGINT,
+            description="tree size of a seal; not greater than `second` (422 "
+            "`validation-error` naming `first` otherwise, a rule the schema cannot state)",
+        ),
+        Digits,
+    ],
+    second: Annotated[
+        int, Query(ge=1, le=MAX_BIGINT, description="tree size of the same or a later seal"), Digits
+    ],
     pool: PoolDep,
 ) -> JSONResponse:
     """Both sizes must be tree sizes of seals (404 otherwise), first <= second (422)."""

@@ -4,9 +4,8 @@ rule on it inside `act_on_application`'s transaction, render."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Literal
 from uuid import UUID
 
@@ -30,6 +29,7 @@ from api.service.models import (
 from api.web.auth import PrincipalDep
 from api.web.commands import command_context, command_response, render_application
 from api.web.dependencies import (
+    Digits,
     IdempotencyKey,
     PoolDep,
     parse_application_id,
@@ -59,25 +59,37 @@ router = APIRouter(route_class=ExactJSONRoute, default_response_class=JSONRespon
 COMMAND_RESPONSES = problem_responses(403, 404, 409, 415, 422, 428)
 
 
+# 1 to 2^31 - 1 (a stream version), no leading zeros: exactly what the pattern says.
+_VERSION = (
+    r"(?:[1-9][0-9]{0,8}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}"
+    r"|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}"
+    r"|21474836[0-3][0-9]|214748364[0-7])"
+)
+IF_MATCH_PATTERN = rf'^(?:(?:W/)?"{_VERSION}"|{_VERSION})$'
+
+
 def parse_if_match(value: str | None) -> int | None:
-    """The stream version in an If-Match header: `"3"`, `W/"3"` or a bare `3`."""
+    """The stream version in an If-Match header: `"3"`, `W/"3"` or a bare `3`. The header's
+    pattern (IF_MATCH_PATTERN) refuses anything else before this runs."""
     if value is None:
         return None
-    tag = value.strip().removeprefix("W/").strip('"')
-    if not tag.isascii() or not tag.isdigit() or not 1 <= int(tag) <= 2**31 - 1:
+    if re.fullmatch(IF_MATCH_PATTERN, value) is None:
         raise InvalidCommand(
             'If-Match must be the application\'s stream_version as an ETag, like "3"',
             field="If-Match",
         )
-    return int(tag)
+    return int(value.removeprefix("W/").strip('"'))
 
 
 IfMatch = Annotated[
     str | None,
     Header(
         alias="If-Match",
-        max_length=64,
-        description='The stream_version you saw, as returned in ETag (e.g. "3").',
+        pattern=IF_MATCH_PATTERN,
+        description='The stream_version you saw, as returned in ETag: `"3"`, `W/"3"` or `3` '
+        "(1 to 2^31 - 1). If `expected_version` is sent as well, both must be equal (422 "
+        "`validation-error` otherwise, a rule the schema cannot state). A stale version is a "
+        "409 `concurrency-conflict`.",
     ),
 ]
 
@@ -290,23 +302,28 @@ async def record_agent_action(
 # --- Queries ---
 
 
+# A position in the queue's order: microseconds since 1970 (UTC) of the time the
+# application entered review (or was reviewed), a dot, and its id in 32 hex digits. Every
+# string of this pattern is a position, so every one is a valid cursor (one past the end is
+# an empty page); anything else is a 422 naming `cursor`.
+CURSOR_PATTERN = r"^[0-9]{1,18}\.[0-9a-f]{32}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LAST_MOMENT = datetime.max.replace(tzinfo=UTC)
+
+
 def encode_cursor(moment: datetime, application_id: UUID) -> str:
-    raw = f"{moment.astimezone(UTC).isoformat()}|{application_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    micros = (moment - _EPOCH) // timedelta(microseconds=1)
+    return f"{micros}.{application_id.hex}"
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, UUID]:
+    """The cursor's position (the query parameter's pattern has been checked)."""
+    micros, _, application_id = cursor.partition(".")
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        moment, application_id = base64.urlsafe_b64decode(padded).decode().split("|")
-        parsed = datetime.fromisoformat(moment)
-        if parsed.tzinfo is None:
-            raise ValueError("naive time")
-        return parsed, UUID(application_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise InvalidCommand(
-            "cursor is not one this service issued; pass next_cursor unchanged", field="cursor"
-        ) from None
+        moment = _EPOCH + timedelta(microseconds=int(micros))
+    except OverflowError:
+        moment = _LAST_MOMENT  # after every application: an empty page
+    return moment, UUID(hex=application_id)
 
 
 @router.get(
@@ -322,8 +339,15 @@ async def reviews(
         Literal["pending", "completed"],
         Query(description="pending: waiting for an analyst; completed: reviewed"),
     ] = "pending",
-    limit: Annotated[int, Query(ge=1, le=100)] = 20,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="at most this many"), Digits] = 20,
+    cursor: Annotated[
+        str | None,
+        Query(
+            pattern=CURSOR_PATTERN,
+            description="where the previous page ended: its `next_cursor`, unchanged (opaque; "
+            "any string of this pattern is a valid position)",
+        ),
+    ] = None,
 ) -> JSONResponse:
     """Pending applications in the order they entered review (completed ones in the order
     they were reviewed), `limit` at a time; follow `next_cursor` for the next page. The
