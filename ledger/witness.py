@@ -41,10 +41,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ledger.canonical import canonical_bytes
 from ledger.db import Connection
 from ledger.errors import LedgerIntegrityError
+from ledger.integrity import Finding, VerifyReport
 from ledger.seals import Seal, seal_of_size, seal_signature_is_valid, seals_between
 from ledger.seals import statement_bytes as seal_statement_bytes
 from ledger.signing import key_id
-from ledger.verify import Finding, VerifyReport
 
 logger = logging.getLogger(__name__)
 

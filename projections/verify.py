@@ -8,7 +8,7 @@ stream as it completes. The log and trigger checks run on another connection at 
 time (they are mostly work for the database), and every connection imports the same
 exported snapshot, so appends committed meanwhile are invisible to all of them alike.
 
-Pure parts (findings, the report, chain state, trigger rules) are in ledger/verify.py.
+Pure parts (findings, the report, chain state, trigger rules) are in ledger/integrity.py.
 """
 
 from __future__ import annotations
@@ -34,9 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from ledger.application import STREAM_PREFIX
 from ledger.db import Connection, connect
 from ledger.events import RecordedEvent
-from ledger.schema import schema_sql
-from ledger.seals import verify_seals
-from ledger.verify import (
+from ledger.integrity import (
     EXPECTED_TRIGGERS,
     IMMUTABILITY_FUNCTION,
     LOG,
@@ -51,6 +49,8 @@ from ledger.verify import (
     function_body,
     stored_envelope_bytes,
 )
+from ledger.schema import schema_sql
+from ledger.seals import verify_seals
 from projections import sql, verify_sql
 from projections.applications import ApplicationRow, HistoryRow, project
 

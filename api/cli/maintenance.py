@@ -36,8 +36,8 @@ from api.service.settings import Settings
 from ledger import sql
 from ledger.db import Connection, connect
 from ledger.errors import RebuildInProgress, RebuildNotPermitted
+from ledger.integrity import VerifyReport
 from ledger.signing import SigningKeyError, read_public_key
-from ledger.verify import VerifyReport
 from ledger.witness import add_witness_findings
 from projections.rebuild import (
     RebuildResult,

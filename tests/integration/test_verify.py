@@ -26,10 +26,7 @@ from api.cli.main import main
 from ledger.canonical import GENESIS_HASH
 from ledger.chain import hash_of_event
 from ledger.events import RecordedEvent
-from ledger.schema import schema_sql
-from ledger.seals import create_seal
-from ledger.signing import SigningKey, public_key_pem
-from ledger.verify import (
+from ledger.integrity import (
     EXPECTED_TRIGGERS,
     IMMUTABILITY_FUNCTION,
     Finding,
@@ -42,6 +39,9 @@ from ledger.verify import (
     stored_envelope_bytes,
     stored_envelope_hash,
 )
+from ledger.schema import schema_sql
+from ledger.seals import create_seal
+from ledger.signing import SigningKey, public_key_pem
 from projections.verify import stream_ranges
 from tests.conftest import MakeDatabase, with_database
 from tests.support.helpers import wait_until_sequenced
