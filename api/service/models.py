@@ -215,7 +215,12 @@ class Event(BaseModel):
 
 # --- Workflow: review, withdraw, manual review, agent actions ---
 
-ShortText = Annotated[str, Field(min_length=1, max_length=2000, strict=True)]
+# PostgreSQL text cannot hold NUL (U+0000), and reasons and justifications must say
+# something: the schema states both, so a client built from the document never sends
+# what would be refused.
+NO_NUL = r"^[^\x00]*$"
+NOT_BLANK = r"^[^\x00]*[^\x00\s][^\x00]*$"
+ShortText = Annotated[str, Field(min_length=1, max_length=2000, pattern=NOT_BLANK, strict=True)]
 Identifier = Annotated[
     str, Field(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9_.:@/\-]+$", strict=True)
 ]
@@ -296,12 +301,16 @@ class AgentActionRequest(BaseModel):
 
     agent_id: Identifier
     model_name: Identifier
-    prompt: Annotated[str, Field(min_length=1, max_length=100_000, strict=True)] | None = None
+    prompt: (
+        Annotated[str, Field(min_length=1, max_length=100_000, pattern=NO_NUL, strict=True)] | None
+    ) = None
     prompt_sha256: Annotated[str, Field(pattern=SHA256_HEX, strict=True)] | None = Field(
         default=None, description="lowercase hex SHA-256 of the UTF-8 prompt"
     )
-    prompt_ref: Annotated[str, Field(min_length=1, max_length=2000, strict=True)] | None = None
-    output: Annotated[str, Field(min_length=1, max_length=100_000, strict=True)]
+    prompt_ref: (
+        Annotated[str, Field(min_length=1, max_length=2000, pattern=NO_NUL, strict=True)] | None
+    ) = None
+    output: Annotated[str, Field(min_length=1, max_length=100_000, pattern=NO_NUL, strict=True)]
     action: AgentActionName
     rationale: ShortText
     expected_version: ExpectedVersion | None = None
