@@ -11,7 +11,7 @@ from uuid import UUID
 
 import orjson
 
-from ledger.canonical import GENESIS_HASH, canonical_bytes, envelope_for_hashing, event_hash
+from ledger.canonical import GENESIS_HASH, canonical_bytes, envelope_for_hashing
 from ledger.events import NewEvent, RecordedEvent
 
 
@@ -25,7 +25,7 @@ class ChainBreak:
 
 def hash_of_event(event: RecordedEvent) -> bytes:
     """SHA-256 of the event's canonical envelope (its own `hash` field is not covered)."""
-    return _hash_of_envelope(
+    return hash_and_bytes(
         event.stream_id,
         event.stream_version,
         event.event_id,
@@ -35,33 +35,7 @@ def hash_of_event(event: RecordedEvent) -> bytes:
         event.metadata,
         event.recorded_at,
         event.prev_hash,
-    )
-
-
-def _hash_of_envelope(
-    stream_id: str,
-    stream_version: int,
-    event_id: UUID,
-    event_type: str,
-    schema_version: int,
-    data: Mapping[str, Any],
-    metadata: Mapping[str, Any],
-    recorded_at: datetime,
-    prev_hash: bytes,
-) -> bytes:
-    return event_hash(
-        envelope_for_hashing(
-            stream_id=stream_id,
-            stream_version=stream_version,
-            event_id=str(event_id),
-            event_type=event_type,
-            schema_version=schema_version,
-            data=data,
-            metadata=metadata,
-            recorded_at=recorded_at,
-            prev_hash=prev_hash,
-        )
-    )
+    )[0]
 
 
 @dataclass(frozen=True, slots=True)
