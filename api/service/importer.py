@@ -56,7 +56,7 @@ from ledger.bulk import (
     parse_submitted_at,
 )
 from ledger.canonical import GENESIS_HASH
-from ledger.chain import chain_new_events, chain_new_events_hashed
+from ledger.chain import chain_new_events_hashed
 from ledger.db import Connection, connect_for_copy
 from ledger.errors import ConcurrencyConflict
 from ledger.events import RecordedEvent
@@ -169,14 +169,15 @@ def _numbered_lines(file: BinaryIO, digest: Any) -> Iterator[tuple[int, bytes]]:
             yield line_number, raw
 
 
-def application_events(
+def chained_application(
     parsed: ParsedLine,
     file_digest: bytes,
     model: ScoringModel,
     actor: str,
     now: datetime,
-) -> list[RecordedEvent]:
-    """The events `POST /lending/apply` would record for this line, chained (position 0)."""
+) -> tuple[list[RecordedEvent], list[bytes]]:
+    """The events `POST /lending/apply` would record for this line, chained (position 0),
+    with the canonical bytes each hash covers."""
     request = parsed.request
     command = SubmitApplication(
         application_id=application_id_for(file_digest, parsed.line_number),
@@ -193,14 +194,24 @@ def application_events(
         idempotency_key=None,
         fingerprint=b"",
     )
-    events = decide(None, command, recorded_at, model)
-    return chain_new_events(
+    return chain_new_events_hashed(
         stream_id_for(command.application_id),
         0,
         GENESIS_HASH,
-        with_metadata(events, context),
+        with_metadata(decide(None, command, recorded_at, model), context),
         recorded_at,
     )
+
+
+def application_events(
+    parsed: ParsedLine,
+    file_digest: bytes,
+    model: ScoringModel,
+    actor: str,
+    now: datetime,
+) -> list[RecordedEvent]:
+    """The events `POST /lending/apply` would record for this line, chained (position 0)."""
+    return chained_application(parsed, file_digest, model, actor, now)[0]
 
 
 CopyRecord = tuple[Any, ...]
@@ -216,29 +227,7 @@ def application_records(
     now: datetime,
 ) -> list[CopyRecord]:
     """`application_events` as COPY records, with the canonical bytes each hash covers."""
-    request = parsed.request
-    command = SubmitApplication(
-        application_id=application_id_for(file_digest, parsed.line_number),
-        applicant_id=request.applicant_id,
-        amount=request.amount,
-        income=request.income,
-        employment_years=request.employment_years,
-        submitted_by=actor,
-    )
-    recorded_at = parsed.submitted_at or now
-    context = RequestContext(
-        actor=actor,
-        correlation_id=correlation_id_for(file_digest, parsed.line_number),
-        idempotency_key=None,
-        fingerprint=b"",
-    )
-    events, hashed = chain_new_events_hashed(
-        stream_id_for(command.application_id),
-        0,
-        GENESIS_HASH,
-        with_metadata(decide(None, command, recorded_at, model), context),
-        recorded_at,
-    )
+    events, hashed = chained_application(parsed, file_digest, model, actor, now)
     dumps = orjson.dumps
     return [
         (
