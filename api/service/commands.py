@@ -9,6 +9,7 @@ in, because the rendered bytes are stored with the idempotency key in the same t
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -237,13 +238,17 @@ async def _write(
         raise idempotency.request_in_flight(key)
     assert written.outcome == "applied", written.outcome
     positions = written.positions
-    recorded = [replace(c.event, position=p) for c, p in zip(chained, positions, strict=True)]
+    recorded = [c.event.at_position(p) for c, p in zip(chained, positions, strict=True)]
     row = replace(row, last_event_position=positions[-1])
     body = written.body if written.body is not None else response.body(positions)
     return CommandResult(StoredResponse(response.status_code, body), Outcome(row, recorded))
 
 
 _SENTINEL_LOW = 10**17
+# Stand-ins only need to be unlikely to occur in a body by chance (they never leave the
+# process: the database replaces each before anyone sees the body), so a seeded PRNG does,
+# without a system call per draw.
+_STAND_INS = random.Random(secrets.randbits(128))  # noqa: S311 - not a secret (above)
 
 
 def _response_template(
@@ -252,8 +257,8 @@ def _response_template(
     """Render before the database has assigned positions. Each event gets a random 18-digit
     stand-in for its position; where a stand-in appears in the body, the database puts the
     real position (ResponseTemplate). A body naming no position is one part."""
-    stand_ins = [_SENTINEL_LOW + secrets.randbelow(9 * _SENTINEL_LOW) for _ in chained]
-    events = [replace(c.event, position=p) for c, p in zip(chained, stand_ins, strict=True)]
+    stand_ins = [_SENTINEL_LOW + _STAND_INS.randrange(9 * _SENTINEL_LOW) for _ in chained]
+    events = [c.event.at_position(p) for c, p in zip(chained, stand_ins, strict=True)]
     response = render(Outcome(replace(row, last_event_position=stand_ins[-1]), events))
     slot_of = {str(p).encode(): slot for slot, p in enumerate(stand_ins, start=1)}
     if not any(token in response.body for token in slot_of):

@@ -81,6 +81,8 @@ class Settings:
     read_min_lsn_wait_ms: int = 1000
     # One JSON line per request (api.web.access) at INFO (docs/operations.md, "Logs").
     access_log: bool = True
+    # Serve the hot routes without the framework's per-request machinery (api/web/hot.py).
+    hot_path: bool = True
 
     @property
     def signing_key_path(self) -> Path:
@@ -128,4 +130,5 @@ class Settings:
             statement_cache_size=_int(env, "LEDGER_DB_STATEMENT_CACHE_SIZE", 100, 0, 100_000),
             read_min_lsn_wait_ms=_int(env, "LEDGER_READ_MIN_LSN_WAIT_MS", 1000, 0, 60_000),
             access_log=_bool(env, "LEDGER_ACCESS_LOG", default=True),
+            hot_path=_bool(env, "LEDGER_HOT_PATH", default=True),
         )
