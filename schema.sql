@@ -315,7 +315,8 @@ $$;
 --
 -- The response may depend on the positions (an agent action's answer names its event's
 -- position): it comes as a template, p_body_parts with p_body_slots[i] (an index into the
--- events) between part i and part i + 1. Keyless calls leave p_scope and p_key NULL.
+-- events) between part i and part i + 1. Keyless calls leave p_scope and p_key NULL, and
+-- the response too: nothing stores it, so the caller renders it after the call.
 -- Table names are unqualified, like all projector SQL.
 -- ---------------------------------------------------------------------------------------
 -- The events and the history entries come as one JSON array each, not as parallel arrays:

@@ -9,6 +9,7 @@ rewritten.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -389,6 +390,13 @@ class EventMetadata:
             "causation_id": self.causation_id,
             "idempotency_key": self.idempotency_key,
         }
+
+
+def new_ids(count: int) -> list[UUID]:
+    """`count` random (version 4) UUIDs from one read of the system's random source: one
+    system call for a command's events, where `uuid4` makes one each."""
+    raw = os.urandom(16 * count)
+    return [UUID(bytes=raw[start : start + 16], version=4) for start in range(0, 16 * count, 16)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,11 +108,12 @@ async def write_command(
     expected_version: int,
     row: ApplicationRow,
     history: Sequence[HistoryRow],
-    response: ResponseTemplate,
+    response: ResponseTemplate | None,
 ) -> CommandWrite:
     """Write one command on one stream, outside any transaction of the caller's (the
     statement is its own). Raises ConcurrencyConflict when another writer appended to the
-    stream after it was read at `expected_version`."""
+    stream after it was read at `expected_version`. `response` is the one to store with
+    the claim: None without one (the caller renders after the write)."""
     first = events[0].event
     state = row.state
     try:
@@ -144,9 +145,9 @@ async def write_command(
             row.in_review_since,
             row.reviewed_at,
             _history_json(history),
-            response.status_code,
-            list(response.parts),
-            list(response.slots),
+            response.status_code if response else None,
+            list(response.parts) if response else None,
+            list(response.slots) if response else None,
         )
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version_unique":

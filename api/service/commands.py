@@ -27,7 +27,7 @@ from ledger.canonical import GENESIS_HASH
 from ledger.chain import ChainedEvent, chain_new_events_encoded
 from ledger.db import Connection
 from ledger.errors import InvalidCommand, LedgerError, NotFound
-from ledger.events import DomainEvent, EventMetadata, NewEvent, RecordedEvent
+from ledger.events import DomainEvent, EventMetadata, NewEvent, RecordedEvent, new_ids
 from ledger.idempotency import StoredResponse
 from ledger.scoring import ScoringModel
 from ledger.store import read_stream
@@ -110,8 +110,7 @@ def with_metadata(events: Sequence[DomainEvent], context: RequestContext) -> lis
     """Envelopes for the events of one command: each is caused by the one before it."""
     causation: UUID | None = None
     new_events = []
-    for event in events:
-        event_id = uuid4()
+    for event, event_id in zip(events, new_ids(len(events)), strict=True):
         metadata = EventMetadata(
             actor=context.actor,
             correlation_id=context.correlation_id,
@@ -216,17 +215,20 @@ async def _write(
     if not chained:
         raise InvalidCommand("the command appends no event")
     stream_id = chained[0].event.stream_id
-    history = fold_into(rows, [c.event for c in chained])
+    history = fold_into(rows, [c.event for c in chained], [c.domain_event for c in chained])
     row = rows[stream_id]
-    response = _response_template(render, row, chained)
     key = context.idempotency_key
+    # A keyed response is stored with its key by the same statement, so it is rendered
+    # before it, as a template the database completes with the positions it assigns; a
+    # keyless one is rendered after, from the positions the statement returns.
+    template = _response_template(render, row, chained) if key is not None else None
     claim = (
         IdempotencyClaim(context.actor, key, context.fingerprint, context.idempotency_retention)
         if key is not None
         else None
     )
     written = await write_command(
-        connection, claim, chained, expected_version, row, history, response
+        connection, claim, chained, expected_version, row, history, template
     )
     if written.outcome == "replayed":
         assert written.status_code is not None
@@ -239,9 +241,11 @@ async def _write(
     assert written.outcome == "applied", written.outcome
     positions = written.positions
     recorded = [c.event.at_position(p) for c, p in zip(chained, positions, strict=True)]
-    row = replace(row, last_event_position=positions[-1])
-    body = written.body if written.body is not None else response.body(positions)
-    return CommandResult(StoredResponse(response.status_code, body), Outcome(row, recorded))
+    outcome = Outcome(replace(row, last_event_position=positions[-1]), recorded)
+    if template is None:
+        return CommandResult(render(outcome), outcome)
+    body = written.body if written.body is not None else template.body(positions)
+    return CommandResult(StoredResponse(template.status_code, body), outcome)
 
 
 _SENTINEL_LOW = 10**17
