@@ -22,7 +22,10 @@ describes, and what answers when the hot path hands over.
 from __future__ import annotations
 
 import logging
+import os
+import random
 import re
+import secrets
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -44,9 +47,18 @@ CORRELATION_HEADER = b"x-correlation-id"
 _CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
+# New correlation ids need to be unique, not secret: a seeded PRNG makes them without a
+# system call per request (uuid4 reads the system's random source each time).
+_NEW_IDS = random.Random(secrets.randbits(128))  # noqa: S311
+# A forked worker must not repeat its parent's ids.
+os.register_at_fork(after_in_child=lambda: _NEW_IDS.seed(secrets.randbits(128)))
+
+
 def correlation_id_for(supplied: bytes) -> bytes:
-    """The request's X-Correlation-Id if it is a usable one, else a new one."""
-    return supplied if _CORRELATION_ID.fullmatch(supplied) else str(uuid.uuid4()).encode()
+    """The request's X-Correlation-Id if it is a usable one, else a new one (a UUID)."""
+    if _CORRELATION_ID.fullmatch(supplied):
+        return supplied
+    return str(uuid.UUID(int=_NEW_IDS.getrandbits(128), version=4)).encode()
 
 
 @dataclass(frozen=True, slots=True)

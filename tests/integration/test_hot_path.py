@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from api.service import metrics
 from api.service.settings import Settings
 from api.web.app import LedgerApp, create_app
+from api.web.tracing import uninstrument
 from tests.conftest import new_applicant
 from tests.support.helpers import JSON_HEADERS, row_counts
 
@@ -235,7 +236,10 @@ async def test_the_hot_path_is_off_where_it_would_skip_a_layer(database_url: str
     settings_ = Settings(app_env="test")
     assert create_app(settings_, database_url=database_url).hot_path is not None
     traced = create_app(settings_, database_url=database_url, tracer_provider=TracerProvider())
-    assert traced.hot_path is None
+    try:
+        assert traced.hot_path is None
+    finally:
+        uninstrument(traced)  # asyncpg's instrumentation is process-wide
     replica = Settings(app_env="test", read_database_url=database_url)
     assert create_app(replica, database_url=database_url).hot_path is None
     assert (
