@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from pydantic import BaseModel
 
 from api.service.models import ApplyRequest, MoneyOut
-from api.web.app import create_app
+from api.web.app import LedgerApp, create_app
 from api.web.dependencies import PoolDep, require_json
 from api.web.hot import HotRequest, HotResponse, HotRoute
 from api.web.responses import ExactJSONRoute, JSONResponse
@@ -89,11 +89,19 @@ async def noop_hot(request: HotRequest) -> HotResponse:
     return HotResponse(_NOOP_BODY)
 
 
-def create_bench_app() -> FastAPI:
-    app = create_app()
+NOOP_ROUTE = HotRoute("GET", "/bench/noop", "bench_noop", noop_hot)
+
+
+def add_bench_routes(app: LedgerApp) -> None:
+    """The reference routes, on the full stack and (the no-op) on the hot path."""
     app.include_router(router)
     if app.hot_path is not None:
-        app.hot_path.add(HotRoute("GET", "/bench/noop", "bench_noop", noop_hot))
+        app.hot_path.add(NOOP_ROUTE)
+
+
+def create_bench_app() -> FastAPI:
+    app = create_app()
+    add_bench_routes(app)
     return app
 
 
