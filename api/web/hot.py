@@ -170,6 +170,7 @@ class HotPath:
             await full_stack(scope, receive, send)
             return
         route, path_params = matched
+        start = time.perf_counter()
         supplied = b""
         declared = b""
         content_type = b""
@@ -211,7 +212,6 @@ class HotPath:
             if len(body) > self._max_body_bytes:
                 await full_stack(scope, _replaying(body, receive), send)
                 return
-        start = time.perf_counter()
         correlation = correlation_id_for(supplied)
         correlation_id = correlation.decode()
         state = scope.setdefault("state", {})
