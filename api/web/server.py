@@ -68,6 +68,9 @@ def metrics_directory(workers: int) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+WORKER_HEALTHCHECK_SECONDS = 30
+
+
 def run(app: str, **options: Any) -> bool:
     """`uvicorn.run(app, **options)` for an import string, with NoDelayConfig. Returns
     whether the server started (with workers, whether the supervisor ran).
@@ -75,6 +78,10 @@ def run(app: str, **options: Any) -> bool:
     Unless `log_config` is given, uvicorn's logging (in every worker) is the service's
     pipeline (api/service/logs.py): JSON lines, or console on a terminal, one access line
     per request from api.web.access unless `access_log=False` or LEDGER_ACCESS_LOG=false."""
+    # A worker answers the supervisor's health pings only once it has imported the app;
+    # uvicorn's 5 s kills and restarts a worker still importing on a busy machine, over
+    # and over (seen at a load average of 9 on 2 cores).
+    options.setdefault("timeout_worker_healthcheck", WORKER_HEALTHCHECK_SECONDS)
     if "log_config" not in options:
         access_log = options.get("access_log", True) and Settings.from_env().access_log
         options["log_config"] = dict_config(
