@@ -45,23 +45,15 @@ LEADERSHIP_LOCK_KEY = 7250115081426013002
 async def sequence_batch(connection: Connection, limit: int = 1000) -> int:
     """Add the next committed events (at most `limit`) to the ledger log; return how many.
 
-    Owns its transaction: the log rows and the cursor that covers them commit together.
+    One statement, one round trip (schema.sql, ledger_sequence_batch): on a connection
+    outside a transaction it is its own transaction, so the log rows, the cursor that covers
+    them and the notification commit together. Inside a caller's transaction they commit
+    with it instead.
     """
-    async with connection.transaction():
-        cursor = await connection.fetchrow(sql.LOCK_CURSOR)
-        assert cursor is not None, "schema.sql inserts the cursor row"
-        row = await connection.fetchrow(
-            sql.SEQUENCE_BATCH,
-            cursor["last_transaction_id"],
-            cursor["last_position"],
-            cursor["last_seq"],
-            limit,
-        )
-        assert row is not None
-        added: int = row["added"]
-        if added:
-            await connection.execute(sql.NOTIFY_SEQUENCED, str(row["last_seq"]))
-        return added
+    row = await connection.fetchrow(sql.SEQUENCE_BATCH, limit)
+    assert row is not None
+    added: int = row["added"]
+    return added
 
 
 async def sequence_all(connection: Connection, batch_size: int = 1000) -> int:
