@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 # Arbitrary but fixed: every process must contend for the same key.
 LEADERSHIP_LOCK_KEY = 7250115081426013002
 
+# The sequencer's sessions in pg_stat_activity, leader and followers alike.
+APPLICATION_NAME = "lending-ledger sequencer"
+
 
 async def sequence_batch(connection: Connection, limit: int = 1000) -> int:
     """Add the next committed events (at most `limit`) to the ledger log; return how many.
@@ -130,7 +133,7 @@ class Sequencer:
             await asyncio.sleep(self._settings.retry_interval)
 
     async def _contend_and_lead(self) -> None:
-        self.connection = await connect(self._dsn)
+        self.connection = await connect(self._dsn, application_name=APPLICATION_NAME)
         # Polling rather than blocking in pg_advisory_lock keeps shutdown and connection
         # loss simple to handle; a follower takes over within one retry_interval.
         while not await self.connection.fetchval(sql.TRY_LEADERSHIP, LEADERSHIP_LOCK_KEY):  # noqa: ASYNC110
