@@ -25,6 +25,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from api.service.logs import dict_config
+from api.service.sequencer_process import sequencer_beside_workers
 from api.service.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -68,13 +69,17 @@ def metrics_directory(workers: int) -> Iterator[None]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def run(app: str, **options: Any) -> bool:
+def run(app: str, *, sequencer_process: bool = False, **options: Any) -> bool:
     """`uvicorn.run(app, **options)` for an import string, with NoDelayConfig. Returns
     whether the server started (with workers, whether the supervisor ran).
 
     Unless `log_config` is given, uvicorn's logging (in every worker) is the service's
     pipeline (api/service/logs.py): JSON lines, or console on a terminal, one access line
-    per request from api.web.access unless `access_log=False` or LEDGER_ACCESS_LOG=false."""
+    per request from api.web.access unless `access_log=False` or LEDGER_ACCESS_LOG=false.
+
+    With `sequencer_process` (`lending-ledger serve`) the workers run no sequencer: one
+    process beside them does, restarted if it exits, stopped with the server
+    (api/service/sequencer_process.py)."""
     if "log_config" not in options:
         access_log = options.get("access_log", True) and Settings.from_env().access_log
         options["log_config"] = dict_config(
@@ -82,7 +87,12 @@ def run(app: str, **options: Any) -> bool:
         )
         options["access_log"] = False  # uvicorn's own; api.web.access replaces it
     config = NoDelayConfig(app, **options)
-    with metrics_directory(config.workers):
+    sequencing = (
+        sequencer_beside_workers(options.get("log_level") or "info")
+        if sequencer_process
+        else contextlib.nullcontext()
+    )
+    with metrics_directory(config.workers), sequencing:
         if config.workers > 1:
             Multiprocess(config, sockets=[config.bind_socket()]).run()
             return True
