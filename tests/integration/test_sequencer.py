@@ -277,6 +277,24 @@ async def test_one_batch_is_one_statement_that_notifies_its_last_seq(own_url: st
         await connection.close()
 
 
+async def test_an_empty_poll_writes_nothing(own_pool: asyncpg.Pool) -> None:
+    """No cursor lock when there is nothing to log: no transaction id, so no commit record
+    and no WAL flush for the polls that find nothing."""
+    async with own_pool.acquire() as connection:
+        async with connection.transaction():
+            await append_in(connection)
+        assert await sequence_all(connection) == 3
+        for expect_work in (False, True):
+            if expect_work:
+                async with connection.transaction():
+                    await append_in(connection)
+            async with connection.transaction():
+                added = await sequence_batch(connection)
+                assigned = await connection.fetchval("SELECT pg_current_xact_id_if_assigned()")
+            assert added == (3 if expect_work else 0)
+            assert (assigned is not None) == expect_work
+
+
 async def test_batches_under_concurrent_writers_log_every_event_once_in_reading_order(
     own_pool: asyncpg.Pool,
 ) -> None:
