@@ -107,13 +107,18 @@ BEGIN
     -- Most polls find nothing: they answer without locking the cursor. Locking a row takes
     -- a transaction id, and then the commit writes a record and waits for its WAL flush;
     -- this way an empty poll writes nothing at all. Finding something here only means a
-    -- batch is worth taking: the batch below decides what it logs, after the lock.
+    -- batch is worth taking: the batch below decides what it logs, from the cursor it
+    -- reads again under the lock. (The cursor is read into variables first: compared with
+    -- a joined row instead, the planner scans the whole event table.)
+    SELECT c.last_transaction_id, c.last_position, c.last_seq
+    INTO STRICT v_after_transaction_id, v_after_position, v_after_seq
+    FROM ledger_cursor c;
     IF NOT EXISTS (
-        SELECT 1 FROM events e, ledger_cursor c
-        WHERE (e.transaction_id, e.position) > (c.last_transaction_id, c.last_position)
+        SELECT 1 FROM events e
+        WHERE (e.transaction_id, e.position) > (v_after_transaction_id, v_after_position)
           AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
     ) THEN
-        RETURN QUERY SELECT 0, c.last_seq FROM ledger_cursor c;
+        RETURN QUERY SELECT 0, v_after_seq;
         RETURN;
     END IF;
 
