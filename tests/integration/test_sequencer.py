@@ -11,14 +11,23 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from ledger.chain import verify_stream
 from ledger.db import Connection, connect, create_pool
-from ledger.sequencer import Sequencer, SequencerSettings, sequence_all, sequence_batch
+from ledger.seals import Seal
+from ledger.sequencer import (
+    Sequencer,
+    SequencerSettings,
+    sequence_all,
+    sequence_batch,
+)
+from ledger.signing import SigningKey
 from ledger.store import append, read_stream
+from ledger.witness import Witness
 from tests.conftest import MakeDatabase
 from tests.integration.test_store import application_events
 from tests.support.helpers import wait_until_sequenced, whole_feed
@@ -367,6 +376,53 @@ async def test_a_batch_waiting_for_the_cursor_continues_from_the_batch_before_it
         expected = [r["position"] for r in await writer.fetch(EVENTS_IN_READING_ORDER)]
     assert [r["seq"] for r in log] == [1, 2, 3, 4, 5, 6]
     assert [r["position"] for r in log] == expected
+
+
+class StuckWitness(Witness):
+    """A witness whose writes wait until released (slow storage, say)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def record(self, connection: Connection, seal: Seal) -> None:
+        self.entered.set()
+        await self.release.wait()
+        await super().record(connection, seal)
+
+
+async def test_a_seal_that_waits_holds_up_no_numbering(
+    own_pool: asyncpg.Pool, own_url: str, tmp_path: Path
+) -> None:
+    """The leader seals beside its batches, on a connection of its own: while a seal waits
+    for its witness, numbering goes on, and the next seal covers what was numbered meanwhile."""
+    witness = StuckWitness(tmp_path)
+    witness.prepare()
+    sequencer = Sequencer(
+        own_url,
+        SequencerSettings(batch_size=50, poll_interval=0.02, retry_interval=0.05, seal_interval=0),
+        signing_key=SigningKey.generate(),
+        witness=witness,
+    )
+    running = asyncio.create_task(sequencer.run())
+    try:
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        await asyncio.wait_for(witness.entered.wait(), 10)  # the first seal is stuck
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        assert await wait_until_sequenced(own_pool, timeout=10) == 6
+        witness.release.set()
+        async with own_pool.acquire() as observer:
+            deadline = time.monotonic() + 10
+            while await observer.fetchval("SELECT max(tree_size) FROM seals") != 6:
+                assert time.monotonic() < deadline, "no seal followed the numbering"
+                await asyncio.sleep(0.02)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def _until_blocked_on_a_lock(observer: Connection, pid: int, timeout: float = 10.0) -> None:
