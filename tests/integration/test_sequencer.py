@@ -386,10 +386,10 @@ class StuckWitness(Witness):
         self.entered = asyncio.Event()
         self.release = asyncio.Event()
 
-    async def record(self, connection: Connection, seal: Seal) -> None:
+    async def record(self, connection: Connection, seal: Seal) -> int:
         self.entered.set()
         await self.release.wait()
-        await super().record(connection, seal)
+        return await super().record(connection, seal)
 
 
 async def test_a_seal_that_waits_holds_up_no_numbering(
