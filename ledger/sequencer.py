@@ -44,8 +44,10 @@ logger = logging.getLogger(__name__)
 # Arbitrary but fixed: every process must contend for the same key.
 LEADERSHIP_LOCK_KEY = 7250115081426013002
 
-# The sequencer's sessions in pg_stat_activity, leader and followers alike.
+# The sequencer's sessions in pg_stat_activity: each contender's (batches, leadership), and
+# the leader's second one, for its seals.
 APPLICATION_NAME = "lending-ledger sequencer"
+SEALING_APPLICATION_NAME = "lending-ledger sequencer seals"
 
 
 async def sequence_batch(connection: Connection, limit: int = 1000) -> int:
@@ -148,7 +150,7 @@ class Sequencer:
             await self._sequence(self.connection)
             return
         self._logged.set()  # unknown at start: look
-        self._seal_connection = await connect(self._dsn, application_name=APPLICATION_NAME)
+        self._seal_connection = await connect(self._dsn, application_name=SEALING_APPLICATION_NAME)
         await _until_one_fails(
             self._sequence(self.connection), self._seal(self._seal_connection, self._key)
         )

@@ -26,7 +26,7 @@ from api.service.settings import SEQUENCER_IN_WORKERS_ENV, Settings
 from api.web.app import create_app
 from ledger.db import Connection, connect, create_pool
 from ledger.log_status import LEADERSHIP_CLASSID, LEADERSHIP_OBJID
-from ledger.sequencer import APPLICATION_NAME
+from ledger.sequencer import APPLICATION_NAME, SEALING_APPLICATION_NAME
 from ledger.store import append
 from tests.conftest import MakeDatabase, new_applicant
 from tests.integration.test_observability import parse, value
@@ -82,8 +82,18 @@ async def until(condition: Callable[[], Awaitable[bool]], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def sequencer_sessions(connection: Connection) -> list[int]:
-    return [row["pid"] for row in await connection.fetch(SEQUENCER_SESSIONS, APPLICATION_NAME)]
+async def sequencer_sessions(
+    connection: Connection, application_name: str = APPLICATION_NAME
+) -> list[int]:
+    return [row["pid"] for row in await connection.fetch(SEQUENCER_SESSIONS, application_name)]
+
+
+async def any_sequencer_session(connection: Connection) -> bool:
+    """Whether any session of a sequencer, for batches or for seals, is still open."""
+    for name in (APPLICATION_NAME, SEALING_APPLICATION_NAME):
+        if await sequencer_sessions(connection, name):
+            return True
+    return False
 
 
 async def apply_and_wait_for_seq(http: httpx.AsyncClient) -> None:
@@ -154,10 +164,10 @@ async def test_the_process_sequences_is_started_again_when_killed_and_stops(
         async with pool.acquire() as connection:
             assert [event.seq for event in await whole_feed(connection)] == [1, 2, 3, 4, 5, 6]
 
-            async def session_gone() -> bool:
-                return not await sequencer_sessions(connection)
+            async def sessions_gone() -> bool:
+                return not await any_sequencer_session(connection)
 
-            await until(session_gone, "the stopped sequencer's session ended")
+            await until(sessions_gone, "the stopped sequencer's sessions ended")
     finally:
         for pid in pids:
             kill_if_running(pid)
@@ -188,6 +198,7 @@ async def test_serve_runs_one_sequencer_beside_its_workers_and_stops_it(
             # One sequencer session in the database, and it leads: the workers have none.
             sessions = await sequencer_sessions(database)
             assert len(sessions) == 1
+            assert len(await sequencer_sessions(database, SEALING_APPLICATION_NAME)) == 1
             leader = await database.fetchval(LEADER_SESSION, LEADERSHIP_CLASSID, LEADERSHIP_OBJID)
             assert leader == sessions[0]
             await apply_and_wait_for_seq(http)
@@ -205,10 +216,10 @@ async def test_serve_runs_one_sequencer_beside_its_workers_and_stops_it(
             assert await service.stop(signal.SIGTERM) == 0
         assert not is_running(pids[1])
 
-        async def session_gone() -> bool:
-            return not await sequencer_sessions(database)
+        async def sessions_gone() -> bool:
+            return not await any_sequencer_session(database)
 
-        await until(session_gone, "the stopped sequencer's session ended")
+        await until(sessions_gone, "the stopped sequencer's sessions ended")
         assert f"sequencer: its process (pid {pids[1]}) stopped" in service.output()
     finally:
         for pid in pids:
