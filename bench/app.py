@@ -5,7 +5,10 @@ the product (api.web.server.run: uvicorn, TCP_NODELAY on every connection), with
 middleware, error handling, authorisation and JSON rendering, so the references differ
 from the product's routes only in the work the handler does:
 
-- `GET /bench/noop`: nothing at all (the HTTP ceiling of this stack);
+- `GET /bench/noop`: nothing at all (the HTTP ceiling of this stack). It is served by the
+  hot path (api/web/hot.py), as the product's hot routes are: what it measures is what
+  every apply and history request pays besides its own work (the correlation id, the
+  caller's key and role, the metrics and the access line);
 - `POST /bench/naive`: validates the same `ApplyRequest` body as `POST /lending/apply` and
   does one pooled single-row INSERT into `bench.naive_applications` (what a service
   without event sourcing, hash chains or read models would do).
@@ -23,8 +26,9 @@ from fastapi import APIRouter, Depends, FastAPI
 from pydantic import BaseModel
 
 from api.service.models import ApplyRequest, MoneyOut
-from api.web.app import create_app
+from api.web.app import LedgerApp, create_app
 from api.web.dependencies import PoolDep, require_json
+from api.web.hot import HotRequest, HotResponse, HotRoute
 from api.web.responses import ExactJSONRoute, JSONResponse
 from api.web.server import run
 from bench import sql
@@ -78,9 +82,26 @@ async def naive(body: ApplyRequest, pool: PoolDep) -> JSONResponse:
     )
 
 
+_NOOP_BODY = b'{"status":"ok"}'
+
+
+async def noop_hot(request: HotRequest) -> HotResponse:
+    return HotResponse(_NOOP_BODY)
+
+
+NOOP_ROUTE = HotRoute("GET", "/bench/noop", "bench_noop", noop_hot)
+
+
+def add_bench_routes(app: LedgerApp) -> None:
+    """The reference routes, on the full stack and (the no-op) on the hot path."""
+    app.include_router(router)
+    if app.hot_path is not None:
+        app.hot_path.add(NOOP_ROUTE)
+
+
 def create_bench_app() -> FastAPI:
     app = create_app()
-    app.include_router(router)
+    add_bench_routes(app)
     return app
 
 

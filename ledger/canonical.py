@@ -61,8 +61,23 @@ def canonical_bytes(value: Any) -> bytes:
     return orjson.dumps(value, option=_CANONICAL, default=_reject_unsupported)
 
 
+_last_formatted: tuple[datetime | None, str] = (None, "")
+
+
 def format_timestamp(moment: datetime) -> str:
     """A recorded time as it enters the hash: UTC, microseconds, `Z` suffix."""
+    # The events of one command share their time: the last answer is kept (datetimes are
+    # immutable, so the same object always formats the same; the pair is swapped whole).
+    global _last_formatted
+    last, text = _last_formatted
+    if moment is last:
+        return text
+    text = _format_timestamp(moment)
+    _last_formatted = (moment, text)
+    return text
+
+
+def _format_timestamp(moment: datetime) -> str:
     if moment.tzinfo is None:
         raise ValueError("recorded times must be timezone-aware")
     utc = moment.astimezone(UTC)

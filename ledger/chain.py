@@ -12,7 +12,7 @@ from uuid import UUID
 import orjson
 
 from ledger.canonical import GENESIS_HASH, canonical_bytes, envelope_for_hashing
-from ledger.events import NewEvent, RecordedEvent
+from ledger.events import DomainEvent, NewEvent, RecordedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +47,7 @@ class ChainedEvent:
     data_json: bytes
     metadata_json: bytes
     hashed: bytes  # the whole envelope's canonical bytes: what `hash` covers (events.hashed)
+    domain_event: DomainEvent  # what `event.decode()` gives back, without decoding
 
 
 def hash_and_bytes(
@@ -144,7 +145,7 @@ def chain_new_events_encoded(
             prev_hash=prev_hash,
             hash=digest,
         )
-        events.append(ChainedEvent(recorded, data_json, metadata_json, hashed))
+        events.append(ChainedEvent(recorded, data_json, metadata_json, hashed, new.event))
         prev_hash = digest
     return events
 

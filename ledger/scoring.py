@@ -9,6 +9,7 @@ model version on the same inputs reproduces the same score, byte for byte.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 from collections.abc import Callable, Mapping
@@ -65,6 +66,13 @@ def fingerprint_of(name: str, version: str, parameters: Mapping[str, Any]) -> st
     return "sha256:" + hashlib.sha256(canonical_bytes(document)).hexdigest()
 
 
+@functools.lru_cache(maxsize=64)
+def _fingerprint(model: RatioModel | ScorecardModel) -> str:
+    """A model's fingerprint, once per model: models are frozen and hashable, and every
+    score names it (so every apply asked for it)."""
+    return fingerprint_of(model.name, model.version, model.parameters)
+
+
 @dataclass(frozen=True, slots=True)
 class RatioModel:
     """`ratio-v1`, the product's original rule.
@@ -96,7 +104,7 @@ class RatioModel:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_of(self.name, self.version, self.parameters)
+        return _fingerprint(self)
 
     @property
     def reason_catalogue(self) -> Mapping[str, str]:
@@ -328,7 +336,7 @@ class ScorecardModel:
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint_of(self.name, self.version, self.parameters)
+        return _fingerprint(self)
 
     @property
     def reason_catalogue(self) -> Mapping[str, str]:

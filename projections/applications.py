@@ -25,6 +25,7 @@ from ledger.events import (
     ApplicationScored,
     ApplicationSubmitted,
     ApplicationWithdrawn,
+    DomainEvent,
     JsonObject,
     ManualReviewRequested,
     RecordedEvent,
@@ -135,10 +136,12 @@ def history_details(event: object) -> JsonObject | None:
 
 
 def project(
-    row: ApplicationRow | None, event: RecordedEvent
+    row: ApplicationRow | None, event: RecordedEvent, domain_event: DomainEvent | None = None
 ) -> tuple[ApplicationRow, HistoryRow | None]:
-    """The pure fold step: the row after `event`, and the timeline entry it adds."""
-    domain_event = event.decode()
+    """The pure fold step: the row after `event`, and the timeline entry it adds.
+    `domain_event` is `event.decode()` when the caller has it already (a command does)."""
+    if domain_event is None:
+        domain_event = event.decode()
     before = row.state if row else None
     state = evolve(before, domain_event)
     in_review_since = row.in_review_since if row else None
@@ -169,15 +172,25 @@ def project(
     return new_row, entry
 
 
-def fold_into(rows: dict[str, ApplicationRow], events: Iterable[RecordedEvent]) -> list[HistoryRow]:
+def fold_into(
+    rows: dict[str, ApplicationRow],
+    events: Iterable[RecordedEvent],
+    decoded: Iterable[DomainEvent | None] | None = None,
+) -> list[HistoryRow]:
     """Fold `events` (in stream order per stream) into `rows`, keyed by stream id, which
     holds each application's row before them (absent: a new stream). Events of other
-    streams are skipped. Returns the history entries the events add."""
+    streams are skipped. Returns the history entries the events add. `decoded`, when
+    given, holds each event's `decode()` (a command's own events, not yet stored)."""
     history: list[HistoryRow] = []
-    for event in events:
+    pairs = (
+        zip(events, decoded, strict=True)
+        if decoded is not None
+        else ((event, None) for event in events)
+    )
+    for event, domain_event in pairs:
         if not event.stream_id.startswith(STREAM_PREFIX):
             continue
-        new_row, entry = project(rows.get(event.stream_id), event)
+        new_row, entry = project(rows.get(event.stream_id), event, domain_event)
         rows[event.stream_id] = new_row
         if entry is not None:
             history.append(entry)

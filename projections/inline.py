@@ -69,6 +69,38 @@ class CommandWrite:
     positions: list[int]
 
 
+def _events_json(events: Sequence[ChainedEvent]) -> list[dict[str, object]]:
+    """`ledger_command`'s p_events (the connection's json codec encodes it): the data and
+    metadata as the canonical JSON already encoded for the hash (embedded verbatim by
+    orjson), binary values in hex."""
+    return [
+        {
+            "stream_version": c.event.stream_version,
+            "event_id": c.event.event_id,
+            "event_type": c.event.event_type,
+            "schema_version": c.event.schema_version,
+            "data": orjson.Fragment(c.data_json),
+            "metadata": orjson.Fragment(c.metadata_json),
+            "prev_hash": c.event.prev_hash.hex(),
+            "hash": c.event.hash.hex(),
+            "hashed": c.hashed.hex(),
+        }
+        for c in events
+    ]
+
+
+def _history_json(history: Sequence[HistoryRow]) -> list[dict[str, object]]:
+    return [
+        {
+            "stream_version": h.stream_version,
+            "event_type": h.event_type,
+            "status": h.status,
+            "details": h.details,
+        }
+        for h in history
+    ]
+
+
 async def write_command(
     connection: Connection,
     claim: IdempotencyClaim | None,
@@ -76,11 +108,12 @@ async def write_command(
     expected_version: int,
     row: ApplicationRow,
     history: Sequence[HistoryRow],
-    response: ResponseTemplate,
+    response: ResponseTemplate | None,
 ) -> CommandWrite:
     """Write one command on one stream, outside any transaction of the caller's (the
     statement is its own). Raises ConcurrencyConflict when another writer appended to the
-    stream after it was read at `expected_version`."""
+    stream after it was read at `expected_version`. `response` is the one to store with
+    the claim: None without one (the caller renders after the write)."""
     first = events[0].event
     state = row.state
     try:
@@ -93,14 +126,7 @@ async def write_command(
             lock_key(claim.scope, claim.key) if claim else None,
             first.stream_id,
             first.recorded_at,
-            [c.event.stream_version for c in events],
-            [c.event.event_id for c in events],
-            [c.event.event_type for c in events],
-            [c.event.schema_version for c in events],
-            [c.data_json.decode() for c in events],
-            [c.metadata_json.decode() for c in events],
-            [c.event.prev_hash for c in events],
-            [c.event.hash for c in events],
+            _events_json(events),
             state.application_id,
             state.applicant_id,
             state.amount,
@@ -118,13 +144,10 @@ async def write_command(
             orjson.dumps(list(state.reason_codes)).decode(),
             row.in_review_since,
             row.reviewed_at,
-            [h.stream_version for h in history],
-            [h.status for h in history],
-            [orjson.dumps(h.details).decode() for h in history],
-            response.status_code,
-            list(response.parts),
-            list(response.slots),
-            [c.hashed for c in events],  # what each hash covers (events.hashed)
+            _history_json(history),
+            response.status_code if response else None,
+            list(response.parts) if response else None,
+            list(response.slots) if response else None,
         )
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version_unique":

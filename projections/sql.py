@@ -531,8 +531,7 @@ ORDER BY e.stream_id, e.stream_version
 RUN_COMMAND = """
 SELECT r_outcome, r_status_code, r_body, r_positions
 FROM ledger_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32,
-                    $33, $34, $35, $36, $37, $38, $39)
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
 """
 
 # GET /lending/applicants/{id}/history, rendered by PostgreSQL: the response's bytes, exactly

@@ -9,6 +9,7 @@ in, because the rendered bytes are stored with the idempotency key in the same t
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,7 +27,7 @@ from ledger.canonical import GENESIS_HASH
 from ledger.chain import ChainedEvent, chain_new_events_encoded
 from ledger.db import Connection
 from ledger.errors import InvalidCommand, LedgerError, NotFound
-from ledger.events import DomainEvent, EventMetadata, NewEvent, RecordedEvent
+from ledger.events import DomainEvent, EventMetadata, NewEvent, RecordedEvent, new_ids
 from ledger.idempotency import StoredResponse
 from ledger.scoring import ScoringModel
 from ledger.store import read_stream
@@ -109,8 +110,7 @@ def with_metadata(events: Sequence[DomainEvent], context: RequestContext) -> lis
     """Envelopes for the events of one command: each is caused by the one before it."""
     causation: UUID | None = None
     new_events = []
-    for event in events:
-        event_id = uuid4()
+    for event, event_id in zip(events, new_ids(len(events)), strict=True):
         metadata = EventMetadata(
             actor=context.actor,
             correlation_id=context.correlation_id,
@@ -215,17 +215,20 @@ async def _write(
     if not chained:
         raise InvalidCommand("the command appends no event")
     stream_id = chained[0].event.stream_id
-    history = fold_into(rows, [c.event for c in chained])
+    history = fold_into(rows, [c.event for c in chained], [c.domain_event for c in chained])
     row = rows[stream_id]
-    response = _response_template(render, row, chained)
     key = context.idempotency_key
+    # A keyed response is stored with its key by the same statement, so it is rendered
+    # before it, as a template the database completes with the positions it assigns; a
+    # keyless one is rendered after, from the positions the statement returns.
+    template = _response_template(render, row, chained) if key is not None else None
     claim = (
         IdempotencyClaim(context.actor, key, context.fingerprint, context.idempotency_retention)
         if key is not None
         else None
     )
     written = await write_command(
-        connection, claim, chained, expected_version, row, history, response
+        connection, claim, chained, expected_version, row, history, template
     )
     if written.outcome == "replayed":
         assert written.status_code is not None
@@ -237,13 +240,19 @@ async def _write(
         raise idempotency.request_in_flight(key)
     assert written.outcome == "applied", written.outcome
     positions = written.positions
-    recorded = [replace(c.event, position=p) for c, p in zip(chained, positions, strict=True)]
-    row = replace(row, last_event_position=positions[-1])
-    body = written.body if written.body is not None else response.body(positions)
-    return CommandResult(StoredResponse(response.status_code, body), Outcome(row, recorded))
+    recorded = [c.event.at_position(p) for c, p in zip(chained, positions, strict=True)]
+    outcome = Outcome(replace(row, last_event_position=positions[-1]), recorded)
+    if template is None:
+        return CommandResult(render(outcome), outcome)
+    body = written.body if written.body is not None else template.body(positions)
+    return CommandResult(StoredResponse(template.status_code, body), outcome)
 
 
 _SENTINEL_LOW = 10**17
+# Stand-ins only need to be unlikely to occur in a body by chance (they never leave the
+# process: the database replaces each before anyone sees the body), so a seeded PRNG does,
+# without a system call per draw.
+_STAND_INS = random.Random(secrets.randbits(128))  # noqa: S311 - not a secret (above)
 
 
 def _response_template(
@@ -252,8 +261,8 @@ def _response_template(
     """Render before the database has assigned positions. Each event gets a random 18-digit
     stand-in for its position; where a stand-in appears in the body, the database puts the
     real position (ResponseTemplate). A body naming no position is one part."""
-    stand_ins = [_SENTINEL_LOW + secrets.randbelow(9 * _SENTINEL_LOW) for _ in chained]
-    events = [replace(c.event, position=p) for c, p in zip(chained, stand_ins, strict=True)]
+    stand_ins = [_SENTINEL_LOW + _STAND_INS.randrange(9 * _SENTINEL_LOW) for _ in chained]
+    events = [c.event.at_position(p) for c, p in zip(chained, stand_ins, strict=True)]
     response = render(Outcome(replace(row, last_event_position=stand_ins[-1]), events))
     slot_of = {str(p).encode(): slot for slot, p in enumerate(stand_ins, start=1)}
     if not any(token in response.body for token in slot_of):

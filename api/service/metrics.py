@@ -91,9 +91,16 @@ def auth_failed(reason: str) -> None:
     AUTH_FAILURES.labels(reason).inc()
 
 
+_EVENTS_APPENDED_BY_TYPE: dict[str, Counter] = {}
+
+
 def count_events(event_types: Iterable[str]) -> None:
     for event_type in event_types:
-        EVENTS_APPENDED.labels(event_type).inc()
+        # labels() takes a lock and builds a key per call; the children are kept here.
+        child = _EVENTS_APPENDED_BY_TYPE.get(event_type)
+        if child is None:
+            child = _EVENTS_APPENDED_BY_TYPE[event_type] = EVENTS_APPENDED.labels(event_type)
+        child.inc()
 
 
 class _Fixed(Collector):

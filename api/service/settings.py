@@ -85,6 +85,8 @@ class Settings:
     read_min_lsn_wait_ms: int = 1000
     # One JSON line per request (api.web.access) at INFO (docs/operations.md, "Logs").
     access_log: bool = True
+    # Serve the hot routes without the framework's per-request machinery (api/web/hot.py).
+    hot_path: bool = True
     # Whether this process runs a sequencer (in a thread of its own) beside the app. False
     # only where another process sequences (`serve` runs one beside its workers).
     sequencer_in_workers: bool = True
@@ -135,5 +137,6 @@ class Settings:
             statement_cache_size=_int(env, "LEDGER_DB_STATEMENT_CACHE_SIZE", 100, 0, 100_000),
             read_min_lsn_wait_ms=_int(env, "LEDGER_READ_MIN_LSN_WAIT_MS", 1000, 0, 60_000),
             access_log=_bool(env, "LEDGER_ACCESS_LOG", default=True),
+            hot_path=_bool(env, "LEDGER_HOT_PATH", default=True),
             sequencer_in_workers=_bool(env, SEQUENCER_IN_WORKERS_ENV, default=True),
         )

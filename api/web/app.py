@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -18,8 +16,9 @@ from api.service.runtime import LedgerService
 from api.service.settings import Settings
 from api.web import console
 from api.web.auth import authorize, security
+from api.web.hot import CORRELATION_HEADER, HotPath, correlation_id_for
 from api.web.mcp import create_mcp_server, mcp_route, running
-from api.web.metrics import RequestMetricsMiddleware
+from api.web.metrics import RequestMetricsMiddleware, RequestRecorder
 from api.web.openapi import install as install_openapi
 from api.web.problems import problem, register_error_handlers
 from api.web.replicas import ReadYourWritesMiddleware
@@ -39,9 +38,6 @@ from api.web.tracing import CorrelationSpanMiddleware, instrument, provider_from
 from ledger.sequencer import SequencerSettings
 
 logger = logging.getLogger(__name__)
-
-CORRELATION_HEADER = b"x-correlation-id"
-_CORRELATION_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 
 
 class BodyTooLarge(StarletteHTTPException):
@@ -77,7 +73,7 @@ class LedgerHTTPMiddleware:
                 supplied = header
             elif name == b"content-length":
                 declared = header
-        value = supplied if _CORRELATION_ID.fullmatch(supplied) else str(uuid.uuid4()).encode()
+        value = correlation_id_for(supplied)
         scope.setdefault("state", {})["correlation_id"] = value.decode()
 
         async def send_with_header(message: Message) -> None:
@@ -104,6 +100,18 @@ class LedgerHTTPMiddleware:
         await self.app(scope, limited_receive, send_with_header)
 
 
+class LedgerApp(FastAPI):
+    """The app, with the hot path (api/web/hot.py) in front of everything when it is on."""
+
+    hot_path: HotPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.hot_path is not None and scope["type"] == "http":
+            await self.hot_path(scope, receive, send, super().__call__)
+        else:
+            await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -111,7 +119,7 @@ def create_app(
     sequencer_settings: SequencerSettings | None = None,
     live_settings: LiveSettings | None = None,
     tracer_provider: TracerProvider | None = None,
-) -> FastAPI:
+) -> LedgerApp:
     """Build the app. `database_url` defaults to the settings' DATABASE_URL; the CLI sets
     that after starting the embedded server, so every worker finds the same database.
     Tracing is on with `tracer_provider`, else when the OTEL_* variables ask for it
@@ -141,7 +149,7 @@ def create_app(
             if owns_provider and provider is not None:
                 provider.shutdown()  # flushes the spans still batched
 
-    app = FastAPI(
+    app = LedgerApp(
         title="lending-ledger",
         version="0.1.0",
         summary="An event-sourced lending ledger: loan applications, scores and decisions "
@@ -178,9 +186,19 @@ def create_app(
     app.router.routes.append(mcp_route(mcp))
     if settings.read_database_url is not None:  # writes say their LSN (api/web/replicas.py)
         app.add_middleware(ReadYourWritesMiddleware)
-    app.add_middleware(RequestMetricsMiddleware)  # duration, log context, access line
+    recorder = RequestRecorder()
+    app.add_middleware(RequestMetricsMiddleware, recorder=recorder)  # duration, access line
     owns_provider = tracer_provider is None
     provider = tracer_provider or provider_from_env()
+    # Off when a layer it does not reproduce is on: spans, or a replica's read-your-writes.
+    if settings.hot_path and provider is None and settings.read_database_url is None:
+        app.hot_path = HotPath(
+            applications.HOT_ROUTES,
+            app_state=app.state,
+            exception_handlers=app.exception_handlers,
+            recorder=recorder,
+            max_body_bytes=settings.max_body_bytes,
+        )
     if provider is not None:
         app.add_middleware(CorrelationSpanMiddleware)
     # Outermost: the correlation id (every inner layer logs and measures with it) and

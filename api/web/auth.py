@@ -47,10 +47,15 @@ def presented_key(request: Request) -> str | None:
 
     Both are declared as OpenAPI security schemes (api/web/openapi.py); in open mode the
     served document marks them optional."""
-    scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+    return key_in(request.headers.get("authorization", ""), request.headers.get("x-api-key"))
+
+
+def key_in(authorization: str, x_api_key: str | None) -> str | None:
+    """The key of an `Authorization` header's Bearer credentials, else of `X-API-Key`."""
+    scheme, _, credentials = authorization.partition(" ")
     if scheme.lower() == "bearer" and credentials.strip():
         return credentials.strip()
-    return request.headers.get("x-api-key") or None
+    return x_api_key or None
 
 
 async def authorize(request: Request) -> Principal:
@@ -67,15 +72,36 @@ async def authorize(request: Request) -> Principal:
     route = request.scope.get("route")
     operation_id: str | None = getattr(route, "operation_id", None)
     service: LedgerService = request.app.state.service
-    if public_operation(operation_id, service.settings):
-        principal = OPEN_MODE_PRINCIPAL
-    else:
-        principal = await authenticate(request)
-        if principal.role is not None and not may_call(principal.role, operation_id):
-            name = operation_id or f"{request.method} {getattr(route, 'path', request.url.path)}"
-            raise RoleNotAllowed(principal.role, name)
-        check_open_mode_call(principal, operation_id)
+    principal = await principal_for(
+        service,
+        request.app.state.authenticator,
+        operation_id,
+        key=presented_key(request),
+        remote=request.client.host if request.client else None,
+        what=lambda: f"{request.method} {getattr(route, 'path', request.url.path)}",
+    )
     request.state.principal = principal
+    return principal
+
+
+async def principal_for(
+    service: LedgerService,
+    authenticator: Authenticator,
+    operation_id: str | None,
+    *,
+    key: str | None,
+    remote: str | None,
+    what: Callable[[], str],
+) -> Principal:
+    """The caller presenting `key` (None: none), if it may call `operation_id`: raises
+    NotAuthenticated, RoleNotAllowed or OpenModeRefused otherwise. `what` names the call in
+    a refusal when the operation has no id. Used by `authorize` and the hot path alike."""
+    if public_operation(operation_id, service.settings):
+        return OPEN_MODE_PRINCIPAL
+    principal = await authenticator.principal(lambda: service.pool, key, remote)
+    if principal.role is not None and not may_call(principal.role, operation_id):
+        raise RoleNotAllowed(principal.role, operation_id or what())
+    check_open_mode_call(principal, operation_id)
     return principal
 
 

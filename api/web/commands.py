@@ -3,6 +3,8 @@ request, the rendering of an outcome, and the response (replays flagged)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from fastapi import Request, Response
 from pydantic import BaseModel
 
@@ -17,20 +19,40 @@ from projections.applications import ApplicationRow
 def command_context(
     request: Request, principal: Principal, idempotency_key: str | None, body: BaseModel
 ) -> RequestContext:
+    return request_context(
+        principal,
+        request.state.correlation_id,
+        idempotency_key,
+        request.method,
+        request.url.path,
+        body,
+        request.app.state.service.settings.idempotency_retention,
+    )
+
+
+def request_context(
+    principal: Principal,
+    correlation_id: str,
+    idempotency_key: str | None,
+    method: str,
+    path: str,
+    body: BaseModel,
+    retention: timedelta,
+) -> RequestContext:
     """`body` is the validated request body: in JSON form, with the method and path, it is
     the fingerprint that tells a retry from a different request under the same key."""
     # The fingerprint is only ever compared under a key: no key, no hashing.
     fingerprint = (
-        request_fingerprint(request.method, request.url.path, body.model_dump(mode="json"))
+        request_fingerprint(method, path, body.model_dump(mode="json"))
         if idempotency_key is not None
         else b""
     )
     return RequestContext(
         actor=principal.actor,
-        correlation_id=request.state.correlation_id,
+        correlation_id=correlation_id,
         idempotency_key=idempotency_key,
         fingerprint=fingerprint,
-        idempotency_retention=request.app.state.service.settings.idempotency_retention,
+        idempotency_retention=retention,
     )
 
 
@@ -67,16 +89,22 @@ def render_application(outcome: Outcome) -> StoredResponse:
     return StoredResponse(200, application_json(outcome.row))
 
 
-def command_response(result: CommandResult[Outcome]) -> Response:
+REPLAYED_HEADER = ("Idempotent-Replayed", "true")
+
+
+def counted(result: CommandResult[Outcome]) -> bool:
+    """Count the command's events (or its replay) in the metrics; whether it was a replay."""
     if result.outcome is None:
         metrics.IDEMPOTENT_REPLAYS.inc()
-        headers: dict[str, str] | None = {"Idempotent-Replayed": "true"}
-    else:
-        metrics.count_events(event.event_type for event in result.outcome.events)
-        headers = None
+        return True
+    metrics.count_events(event.event_type for event in result.outcome.events)
+    return False
+
+
+def command_response(result: CommandResult[Outcome]) -> Response:
     return Response(
         result.response.body,
         status_code=result.response.status_code,
         media_type="application/json",
-        headers=headers,
+        headers=dict([REPLAYED_HEADER]) if counted(result) else None,
     )

@@ -4,7 +4,6 @@ responses each route documents."""
 
 from __future__ import annotations
 
-import email.message
 import re
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -122,13 +121,19 @@ ReadPoolDep = Annotated[asyncpg.Pool, Depends(get_read_pool)]
 
 
 async def require_json(request: Request) -> None:
-    message = email.message.Message()
-    message["content-type"] = request.headers.get("content-type", "")
-    subtype = message.get_content_subtype()
-    if message.get_content_maintype() != "application" or not (
-        subtype == "json" or subtype.endswith("+json")
-    ):
+    if not is_json_media_type(request.headers.get("content-type", "")):
         raise UnsupportedMediaType
+
+
+def is_json_media_type(content_type: str) -> bool:
+    """`application/json` or `application/<anything>+json`, parameters allowed; read the way
+    the standard library's email.message reads a Content-Type (a value that is not one
+    `type/subtype` counts as text/plain)."""
+    media = content_type.partition(";")[0].strip().lower()
+    if media.count("/") != 1:
+        return False
+    maintype, _, subtype = media.partition("/")
+    return maintype == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]+$"

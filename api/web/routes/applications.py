@@ -13,20 +13,30 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
+from api.jsonio import loads_exact
 from api.service.commands import submit_application
 from api.service.models import Application, ApplyRequest, Event
 from api.web.auth import principal_of
-from api.web.commands import command_context, command_response, render_application
+from api.web.commands import (
+    REPLAYED_HEADER,
+    command_context,
+    command_response,
+    counted,
+    render_application,
+    request_context,
+)
 from api.web.dependencies import (
     Digits,
     IdempotencyKey,
     PoolDep,
     ReadPoolDep,
+    is_json_media_type,
     parse_application_id,
     problem_responses,
     require_json,
     service_of,
 )
+from api.web.hot import HotRequest, HotResponse, HotRoute
 from api.web.responses import ExactJSONRoute, JSONResponse
 from ledger.application import APPLICANT_ID_PATTERN, stream_id_for
 from ledger.errors import NotFound
@@ -147,6 +157,79 @@ async def apply(
         pool, body, context, service.scoring_model, datetime.now(UTC), render_application
     )
     return command_response(result)
+
+
+# --- The same two routes on the hot path (api/web/hot.py) ---
+#
+# Each answers what it can answer exactly as the route above would, and hands anything else
+# (returns None) to it: an invalid body, a query it does not read. The tests send the same
+# requests down both paths and compare (tests/integration/test_hot_path.py).
+
+# IdempotencyKey's pattern and length bounds, in one expression.
+_IDEMPOTENCY_KEY = re.compile(r"[\x21-\x7e]{1,200}")
+_HISTORY_LIMIT = re.compile(rb"limit=([1-9][0-9]?|100)")
+_REPLAYED = ((REPLAYED_HEADER[0].lower().encode(), REPLAYED_HEADER[1].encode()),)
+
+
+async def apply_hot(request: HotRequest) -> HotResponse | None:
+    key = request.idempotency_key
+    if not is_json_media_type(request.content_type) or (
+        key is not None and not _IDEMPOTENCY_KEY.fullmatch(key)
+    ):
+        return None
+    try:
+        body = ApplyRequest.model_validate(loads_exact(request.body))
+    except (ValueError, RecursionError):  # pydantic's ValidationError is a ValueError
+        return None
+    service = request.service
+    context = request_context(
+        request.principal,
+        request.correlation_id,
+        key,
+        "POST",
+        "/lending/apply",
+        body,
+        service.settings.idempotency_retention,
+    )
+    result = await submit_application(
+        service.pool, body, context, service.scoring_model, datetime.now(UTC), render_application
+    )
+    return HotResponse(
+        result.response.body,
+        result.response.status_code,
+        headers=_REPLAYED if counted(result) else (),
+    )
+
+
+async def history_hot(request: HotRequest) -> HotResponse | None:
+    applicant_id = request.path_params["applicant_id"]
+    query = request.query
+    if query:
+        limit_given = _HISTORY_LIMIT.fullmatch(query)
+        if limit_given is None:
+            return None
+        limit = int(limit_given[1])
+    else:
+        limit = 10
+    if not APPLICANT_ID_PATTERN.fullmatch(applicant_id):
+        return None
+    pool = await request.service.read_pool_at(None)
+    async with pool.acquire() as connection:
+        body = await applicant_history_json(connection, applicant_id, limit)
+    return HotResponse(body)
+
+
+HOT_ROUTES = [
+    HotRoute("POST", "/lending/apply", "submit_application", apply_hot),
+    HotRoute(
+        "GET",
+        "/lending/applicants/{applicant_id}/history",
+        "get_applicant_history",
+        history_hot,
+        # Read by ReadPoolDep (checked even without a replica): the full route answers.
+        full_stack_headers=frozenset({b"x-min-lsn"}),
+    ),
+]
 
 
 # --- Queries ---
