@@ -131,7 +131,14 @@ class Sequencer:
                 await self._contend_and_lead()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            # InternalClientError too: asyncpg raises it for the next query on a connection
+            # whose backend was terminated while idle, before it has noticed the loss.
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as error:
                 logger.warning("sequencer lost its connection (%s); retrying", error)
             finally:
                 self.is_leader = False

@@ -435,6 +435,37 @@ async def _until_blocked_on_a_lock(observer: Connection, pid: int, timeout: floa
         await asyncio.sleep(0.01)
 
 
+async def test_a_confused_connection_is_replaced_not_fatal(
+    own_pool: asyncpg.Pool, own_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend terminated while its connection is idle can make asyncpg's next query raise
+    InternalClientError ("another operation is in progress"): the sequencer reconnects and
+    goes on, as after any lost connection, instead of ending."""
+    batches = 0
+
+    async def confused_once(connection: Connection, limit: int = 1000) -> int:
+        nonlocal batches
+        batches += 1
+        if batches == 1:
+            raise asyncpg.InternalClientError("cannot switch to state 12")
+        return await sequence_batch(connection, limit)
+
+    monkeypatch.setattr("ledger.sequencer.sequence_batch", confused_once)
+    sequencer = Sequencer(
+        own_url, SequencerSettings(batch_size=50, poll_interval=0.02, retry_interval=0.05)
+    )
+    running = asyncio.create_task(sequencer.run())
+    try:
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        assert await wait_until_sequenced(own_pool, timeout=10) == 3
+        assert batches > 1
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
