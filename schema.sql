@@ -77,6 +77,88 @@ INSERT INTO ledger_cursor (singleton, last_transaction_id, last_position, last_s
 VALUES (true, '0', 0, 0)
 ON CONFLICT (singleton) DO NOTHING;
 
+-- One batch of the sequencer (ledger/sequencer.py, sequence_batch) in one round trip: lock
+-- the cursor, log the next committed events (at most p_limit) below the horizon in
+-- (transaction_id, position) order, move the cursor, and NOTIFY ledger_sequenced with the
+-- new last seq when any were added (api/service/live.py wakes the SSE streams on it). Called
+-- as a statement of its own, so all of it commits, or none of it, in that statement's
+-- transaction. Returns how many it added and the cursor's last_seq after the batch.
+--
+-- Why the horizon is still safe inside one function: the function is VOLATILE (the default;
+-- it must stay so), and in READ COMMITTED each statement of a VOLATILE PL/pgSQL function
+-- runs with a fresh snapshot, which pg_current_snapshot() returns. The batch statement
+-- starts after the cursor row is locked, so its snapshot is taken after any other
+-- sequencer's batch that held the lock has committed: it sees that batch's log rows, and
+-- reads from the cursor that batch left (FOR UPDATE returns the newest row version). Every
+-- transaction below that snapshot's xmin had ended when it was taken, so each of their
+-- events is visible to the same statement or never will be. A STABLE function, or the
+-- whole batch as one SQL statement, would read with the calling statement's snapshot, taken
+-- before the lock was granted.
+CREATE OR REPLACE FUNCTION ledger_sequence_batch(p_limit integer)
+RETURNS TABLE (added integer, last_seq bigint)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    v_after_transaction_id xid8;
+    v_after_position bigint;
+    v_after_seq bigint;
+    v_added integer;
+    v_last_seq bigint;
+BEGIN
+    -- Most polls find nothing: they answer without locking the cursor. Locking a row takes
+    -- a transaction id, and then the commit writes a record and waits for its WAL flush;
+    -- this way an empty poll writes nothing at all. Finding something here only means a
+    -- batch is worth taking: the batch below decides what it logs, from the cursor it
+    -- reads again under the lock. (The cursor is read into variables first: compared with
+    -- a joined row instead, the planner scans the whole event table.)
+    SELECT c.last_transaction_id, c.last_position, c.last_seq
+    INTO STRICT v_after_transaction_id, v_after_position, v_after_seq
+    FROM ledger_cursor c;
+    IF NOT EXISTS (
+        SELECT 1 FROM events e
+        WHERE (e.transaction_id, e.position) > (v_after_transaction_id, v_after_position)
+          AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+    ) THEN
+        RETURN QUERY SELECT 0, v_after_seq;
+        RETURN;
+    END IF;
+
+    SELECT c.last_transaction_id, c.last_position, c.last_seq
+    INTO STRICT v_after_transaction_id, v_after_position, v_after_seq
+    FROM ledger_cursor c
+    FOR UPDATE;
+
+    WITH batch AS (
+        SELECT e.position, e.transaction_id,
+               row_number() OVER (ORDER BY e.transaction_id, e.position) AS n
+        FROM events e
+        WHERE (e.transaction_id, e.position) > (v_after_transaction_id, v_after_position)
+          AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY e.transaction_id, e.position
+        LIMIT p_limit
+    ), logged AS (
+        INSERT INTO ledger_log (seq, position)
+        SELECT v_after_seq + b.n, b.position FROM batch b
+        RETURNING 1
+    ), newest AS (
+        SELECT b.transaction_id, b.position, b.n FROM batch b ORDER BY b.n DESC LIMIT 1
+    ), moved AS (
+        UPDATE ledger_cursor AS c
+        SET last_transaction_id = newest.transaction_id,
+            last_position = newest.position,
+            last_seq = v_after_seq + newest.n
+        FROM newest
+        RETURNING c.last_seq
+    )
+    SELECT (SELECT count(*) FROM logged), coalesce((SELECT m.last_seq FROM moved m), v_after_seq)
+    INTO v_added, v_last_seq;
+
+    IF v_added > 0 THEN
+        PERFORM pg_notify('ledger_sequenced', v_last_seq::text);
+    END IF;
+    RETURN QUERY SELECT v_added, v_last_seq;
+END;
+$$;
+
 -- ---------------------------------------------------------------------------------------
 -- Immutability: the event table and the ledger log accept INSERT and SELECT only.
 -- ---------------------------------------------------------------------------------------

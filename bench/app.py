@@ -115,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     run(
         "bench.app:create_bench_app",
         factory=True,
+        sequencer_process=True,
         host="127.0.0.1",
         port=args.port,
         workers=args.workers,

@@ -33,7 +33,7 @@ from asyncpg.pool import PoolConnectionProxy
 from bench import sql
 from ledger.db import Connection, connect
 
-SEQUENCED_CHANNEL = "ledger_sequenced"  # ledger/sql.py NOTIFY_SEQUENCED
+SEQUENCED_CHANNEL = "ledger_sequenced"  # schema.sql, ledger_sequence_batch
 DEFAULT_INTERVAL = 0.005
 
 

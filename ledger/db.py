@@ -24,9 +24,13 @@ async def init_connection(connection: asyncpg.Connection) -> None:
         )
 
 
-async def connect(dsn: str, *, statement_cache_size: int = 100) -> asyncpg.Connection:
+async def connect(
+    dsn: str, *, statement_cache_size: int = 100, application_name: str | None = None
+) -> asyncpg.Connection:
+    """`application_name`: how pg_stat_activity names the session (None: as the DSN says)."""
+    named = None if application_name is None else {"application_name": application_name}
     connection: asyncpg.Connection = await asyncpg.connect(
-        dsn, statement_cache_size=statement_cache_size
+        dsn, statement_cache_size=statement_cache_size, server_settings=named
     )
     await init_connection(connection)
     return connection

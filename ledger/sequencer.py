@@ -13,10 +13,11 @@ each empty poll up to `poll_interval` while the ledger is idle. Under load an ev
 about `min_poll_interval` for its `seq`; the first event after a quiet spell waits at most
 `poll_interval`.
 
-Given a signing key, the leader also seals what it logs (`_seal_if_due`): right after a
-batch commits, at most once per `seal_interval` (default 1 s), so every event is covered by
-a signed seal about a second after its commit, and a superuser's forgery of a recent event
-has that long, not the background sealer's minute, before it would be signed.
+Given a signing key, the leader also seals what it logs (`_seal`), beside its batches on a
+second connection: after a batch commits, at most once per `seal_interval` (default 1 s), so
+every event is covered by a signed seal about a second after its commit, and a superuser's
+forgery of a recent event has that long, not the background sealer's minute, before it
+would be signed.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Coroutine
+from typing import Any
 
 import asyncpg
 
@@ -41,27 +44,24 @@ logger = logging.getLogger(__name__)
 # Arbitrary but fixed: every process must contend for the same key.
 LEADERSHIP_LOCK_KEY = 7250115081426013002
 
+# The sequencer's sessions in pg_stat_activity: each contender's (batches, leadership), and
+# the leader's second one, for its seals.
+APPLICATION_NAME = "lending-ledger sequencer"
+SEALING_APPLICATION_NAME = "lending-ledger sequencer seals"
+
 
 async def sequence_batch(connection: Connection, limit: int = 1000) -> int:
     """Add the next committed events (at most `limit`) to the ledger log; return how many.
 
-    Owns its transaction: the log rows and the cursor that covers them commit together.
+    One statement, one round trip (schema.sql, ledger_sequence_batch): on a connection
+    outside a transaction it is its own transaction, so the log rows, the cursor that covers
+    them and the notification commit together. Inside a caller's transaction they commit
+    with it instead.
     """
-    async with connection.transaction():
-        cursor = await connection.fetchrow(sql.LOCK_CURSOR)
-        assert cursor is not None, "schema.sql inserts the cursor row"
-        row = await connection.fetchrow(
-            sql.SEQUENCE_BATCH,
-            cursor["last_transaction_id"],
-            cursor["last_position"],
-            cursor["last_seq"],
-            limit,
-        )
-        assert row is not None
-        added: int = row["added"]
-        if added:
-            await connection.execute(sql.NOTIFY_SEQUENCED, str(row["last_seq"]))
-        return added
+    row = await connection.fetchrow(sql.SEQUENCE_BATCH, limit)
+    assert row is not None
+    added: int = row["added"]
+    return added
 
 
 async def sequence_all(connection: Connection, batch_size: int = 1000) -> int:
@@ -115,9 +115,10 @@ class Sequencer:
         self._settings = settings or SequencerSettings()
         self.is_leader = False
         self.connection: Connection | None = None
+        self._seal_connection: Connection | None = None
         self._key = signing_key if self._settings.seal_interval is not None else None
         self._witness = witness
-        self._unsealed = True  # unknown at start: look
+        self._logged = asyncio.Event()  # set: the log may hold rows no seal covers yet
         self._next_seal_at = 0.0
         self._next_full_check_at = 0.0
         self.seal_seconds: list[float] = []
@@ -130,7 +131,14 @@ class Sequencer:
                 await self._contend_and_lead()
             except asyncio.CancelledError:
                 raise
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as error:
+            # InternalClientError too: asyncpg raises it for the next query on a connection
+            # whose backend was terminated while idle, before it has noticed the loss.
+            except (
+                OSError,
+                asyncpg.PostgresError,
+                asyncpg.InterfaceError,
+                asyncpg.InternalClientError,
+            ) as error:
                 logger.warning("sequencer lost its connection (%s); retrying", error)
             finally:
                 self.is_leader = False
@@ -138,87 +146,112 @@ class Sequencer:
             await asyncio.sleep(self._settings.retry_interval)
 
     async def _contend_and_lead(self) -> None:
-        self.connection = await connect(self._dsn)
+        self.connection = await connect(self._dsn, application_name=APPLICATION_NAME)
         # Polling rather than blocking in pg_advisory_lock keeps shutdown and connection
         # loss simple to handle; a follower takes over within one retry_interval.
         while not await self.connection.fetchval(sql.TRY_LEADERSHIP, LEADERSHIP_LOCK_KEY):  # noqa: ASYNC110
             await asyncio.sleep(self._settings.retry_interval)
         self.is_leader = True
         logger.info("sequencer: this process now leads")
+        if self._key is None:
+            await self._sequence(self.connection)
+            return
+        self._logged.set()  # unknown at start: look
+        self._seal_connection = await connect(self._dsn, application_name=SEALING_APPLICATION_NAME)
+        await _until_one_fails(
+            self._sequence(self.connection), self._seal(self._seal_connection, self._key)
+        )
+
+    async def _sequence(self, connection: Connection) -> None:
         interval = self._settings.min_poll_interval
         while True:
             added = 0
-            while batch := await sequence_batch(self.connection, self._settings.batch_size):
+            while batch := await sequence_batch(connection, self._settings.batch_size):
                 added += batch
-                self._unsealed = True
-                # Between batches too: under steady load this loop may not end for long.
-                await self._seal_if_due(self.connection)
+                self._logged.set()
             if added:
                 interval = self._settings.min_poll_interval
             else:
                 interval = min(interval * 2, self._settings.poll_interval)
-            timeout = interval
-            if self._unsealed:
-                timeout = min(timeout, await self._seal_if_due(self.connection))
-            await asyncio.sleep(timeout)
+            await asyncio.sleep(interval)
 
-    async def _seal_if_due(self, connection: Connection) -> float:
-        """Seal the log if this sequencer seals and a seal is due; the seconds until the
-        next seal may be due.
+    async def _seal(self, connection: Connection, key: SigningKey) -> None:
+        """Seal what the batches log, at most once per `seal_interval`, beside them.
 
-        Ordering: the seal is taken right after the batch transaction commits, in a
-        transaction of its own on the same connection, not inside the batch's:
+        On a connection of its own, so a seal (a dozen round trips, one signature, and the
+        whole-log check now and then) never holds up numbering: under load, sealing between
+        batches on the batches' connection made every event committed meanwhile wait for it,
+        which set the tail of the sequencing lag. Its transaction still holds the horizon
+        back while it writes, from its first node insert to its commit.
+
+        Ordering: each seal is its own transaction, begun after the batch it follows has
+        committed:
         - it covers only committed log rows, so every seq it seals is already readable and
           provable by everyone, and a crash between the two leaves sequenced rows unsealed
           for the next seal, never a seal of rows that roll back;
-        - a seal that refuses (LedgerIntegrityError: the stored ledger was altered) or fails
-          rolls back alone: numbering, the feed and the SSE stream go on while the refusal
-          is logged as an ERROR;
-        - the cursor row lock is not held while hashing and signing, and the sealing lock is
-          only tried (wait=False), so an on-demand seal that holds it delays this seal to
-          the next loop (at most `poll_interval`) rather than blocking the sequencer.
+        - a seal that refuses (LedgerIntegrityError: the stored ledger was altered) rolls
+          back alone and is logged as an ERROR: numbering, the feed and the SSE stream go on,
+          and it is tried again after `refused_retry_interval`;
+        - the sealing lock is only tried (wait=False), so while an on-demand seal holds it
+          this one looks again after `poll_interval` rather than waiting.
         The window in which a committed event is not yet covered by a signature is then its
-        sequencing lag plus at most `seal_interval` plus one `poll_interval`.
+        sequencing lag plus at most `seal_interval` plus one seal's duration.
         """
-        if self._key is None:
-            self._unsealed = False
-            return self._settings.poll_interval
         interval = self._settings.seal_interval or 0.0
-        now = time.monotonic()
-        if now < self._next_seal_at:
-            return self._next_seal_at - now
-        full_check = now >= self._next_full_check_at
-        started = time.perf_counter()
-        try:
-            async with connection.transaction():
-                seal = await create_seal(
-                    connection, self._key, system_clock, wait=False, check_whole_log=full_check
-                )
-        except LedgerIntegrityError as refused:
-            logger.error("sequencer: refusing to seal: %s", refused.detail)
-            self._next_seal_at = now + self._settings.refused_retry_interval
-            return self._settings.refused_retry_interval
-        self._next_seal_at = now + interval
-        if full_check:
-            self._next_full_check_at = now + self._settings.full_check_interval
-        if seal is None:
-            # Nothing new, or another sealer holds the lock: look which.
-            latest = await latest_seal(connection)
-            last_seq = await connection.fetchval(seal_sql.SELECT_LAST_SEQ)
-            self._unsealed = last_seq > (latest.tree_size if latest is not None else 0)
-            return self._settings.poll_interval
-        self.seal_seconds = [*self.seal_seconds[-999:], time.perf_counter() - started]
-        logger.debug("sequencer: sealed the ledger log up to seq %d", seal.tree_size)
-        self._unsealed = False
-        if self._witness is not None:
-            await self._witness.record(connection, seal)
-        return max(interval, self._settings.poll_interval)
+        while True:
+            await self._logged.wait()
+            await asyncio.sleep(max(self._next_seal_at - time.monotonic(), 0.0))
+            self._logged.clear()  # what is logged from here on waits for the next seal
+            now = time.monotonic()
+            full_check = now >= self._next_full_check_at
+            started = time.perf_counter()
+            try:
+                async with connection.transaction():
+                    seal = await create_seal(
+                        connection, key, system_clock, wait=False, check_whole_log=full_check
+                    )
+            except LedgerIntegrityError as refused:
+                logger.error("sequencer: refusing to seal: %s", refused.detail)
+                self._next_seal_at = now + self._settings.refused_retry_interval
+                self._logged.set()
+                continue
+            self._next_seal_at = now + interval
+            if full_check:
+                self._next_full_check_at = now + self._settings.full_check_interval
+            if seal is None:
+                # Nothing new, or another sealer holds the lock: look which.
+                latest = await latest_seal(connection)
+                last_seq = await connection.fetchval(seal_sql.SELECT_LAST_SEQ)
+                if last_seq > (latest.tree_size if latest is not None else 0):
+                    self._next_seal_at = max(self._next_seal_at, now + self._settings.poll_interval)
+                    self._logged.set()
+                continue
+            self.seal_seconds = [*self.seal_seconds[-999:], time.perf_counter() - started]
+            logger.debug("sequencer: sealed the ledger log up to seq %d", seal.tree_size)
+            if self._witness is not None:
+                await self._witness.record(connection, seal)
 
     async def _close(self) -> None:
-        if self.connection is not None:
-            connection, self.connection = self.connection, None
+        for connection in (self._seal_connection, self.connection):
+            if connection is None:
+                continue
             # Closing the session releases the advisory lock for the next leader.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(connection.close(), timeout=2)
             if not connection.is_closed():
                 connection.terminate()
+        self.connection = self._seal_connection = None
+
+
+async def _until_one_fails(*work: Coroutine[Any, Any, None]) -> None:
+    """Run `work` concurrently until one of them raises (then raise that, the others
+    cancelled) or this is cancelled (then all of them are)."""
+    tasks = [asyncio.create_task(each) for each in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -112,40 +112,10 @@ COUNT_EVENTS = "SELECT count(*) FROM events"
 
 # --- The sequencer (see schema.sql, "The ledger log", for why it reads in this order) ---
 
-LOCK_CURSOR = """
-SELECT last_transaction_id, last_position, last_seq FROM ledger_cursor FOR UPDATE
-"""
-
-# Runs after LOCK_CURSOR, in the same transaction but as a new statement: in READ COMMITTED
-# it takes a fresh snapshot, and pg_current_snapshot() is that snapshot, so every event with
-# transaction_id below its xmin is already visible here or never will be.
-SEQUENCE_BATCH = """
-WITH batch AS (
-    SELECT e.position, e.transaction_id,
-           row_number() OVER (ORDER BY e.transaction_id, e.position) AS n
-    FROM events e
-    WHERE (e.transaction_id, e.position) > ($1::xid8, $2::bigint)
-      AND e.transaction_id < pg_snapshot_xmin(pg_current_snapshot())
-    ORDER BY e.transaction_id, e.position
-    LIMIT $4
-), logged AS (
-    INSERT INTO ledger_log (seq, position)
-    SELECT $3 + n, position FROM batch
-    RETURNING seq
-), last AS (
-    SELECT transaction_id, position, n FROM batch ORDER BY n DESC LIMIT 1
-), moved AS (
-    UPDATE ledger_cursor
-    SET last_transaction_id = last.transaction_id,
-        last_position = last.position,
-        last_seq = $3 + last.n
-    FROM last
-    RETURNING last_seq
-)
-SELECT (SELECT count(*) FROM logged) AS added, (SELECT last_seq FROM moved) AS last_seq
-"""
-
-NOTIFY_SEQUENCED = "SELECT pg_notify('ledger_sequenced', $1::text)"
+# One batch in one round trip: schema.sql's ledger_sequence_batch locks the cursor, logs the
+# next committed events below the horizon, moves the cursor and notifies, in the statement's
+# own transaction (why the horizon is safe inside the function is written beside it).
+SEQUENCE_BATCH = "SELECT added, last_seq FROM ledger_sequence_batch($1)"
 
 TRY_LEADERSHIP = "SELECT pg_try_advisory_lock($1)"
 

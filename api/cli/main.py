@@ -165,6 +165,7 @@ def _serve(
         started = run(
             "api.web.app:create_app",
             factory=True,
+            sequencer_process=True,
             host=host,
             port=port,
             workers=workers,

@@ -88,11 +88,16 @@ class LedgerService:
         # Generated on first start when absent; a broken key file stops start-up here.
         self.signing_key: SigningKey = load_or_create_signing_key(settings.signing_key_path)
         self.witness = witness_for(settings.witness_dir)
-        self.sequencer = Sequencer(
-            self.direct_database_url,
-            sequencer_settings_for(sequencer_settings, settings.batch_seal_interval_ms),
-            signing_key=self.signing_key,
-            witness=self.witness,
+        # None where another process sequences (`serve`: api/service/sequencer_process.py).
+        self.sequencer: Sequencer | None = (
+            Sequencer(
+                self.direct_database_url,
+                sequencer_settings_for(sequencer_settings, settings.batch_seal_interval_ms),
+                signing_key=self.signing_key,
+                witness=self.witness,
+            )
+            if settings.sequencer_in_workers
+            else None
         )
         self.tail = LedgerTail(self.direct_database_url, live_settings)
         self._tasks: list[asyncio.Task[None]] = []
@@ -201,9 +206,10 @@ class LedgerService:
         self._last_error = None
         self._ready.set()
         logger.info("database ready; schema applied")
-        self._tasks.append(
-            asyncio.create_task(run_in_own_loop(self.sequencer.run), name="ledger-sequencer")
-        )
+        if self.sequencer is not None:
+            self._tasks.append(
+                asyncio.create_task(run_in_own_loop(self.sequencer.run), name="ledger-sequencer")
+            )
         if self.settings.seal_interval_seconds > 0:
             sealer = Sealer(
                 self.pool,

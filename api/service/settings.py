@@ -11,6 +11,10 @@ from ledger.scoring import DEFAULT_MODEL, get_model
 
 ENVIRONMENTS = ("development", "test", "production")
 
+# `lending-ledger serve` sets it to false for its workers: it runs the sequencer in a
+# process of its own beside them (api/service/sequencer_process.py).
+SEQUENCER_IN_WORKERS_ENV = "LEDGER_SEQUENCER_IN_WORKERS"
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -83,6 +87,9 @@ class Settings:
     access_log: bool = True
     # Serve the hot routes without the framework's per-request machinery (api/web/hot.py).
     hot_path: bool = True
+    # Whether this process runs a sequencer (in a thread of its own) beside the app. False
+    # only where another process sequences (`serve` runs one beside its workers).
+    sequencer_in_workers: bool = True
 
     @property
     def signing_key_path(self) -> Path:
@@ -131,4 +138,5 @@ class Settings:
             read_min_lsn_wait_ms=_int(env, "LEDGER_READ_MIN_LSN_WAIT_MS", 1000, 0, 60_000),
             access_log=_bool(env, "LEDGER_ACCESS_LOG", default=True),
             hot_path=_bool(env, "LEDGER_HOT_PATH", default=True),
+            sequencer_in_workers=_bool(env, SEQUENCER_IN_WORKERS_ENV, default=True),
         )

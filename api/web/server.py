@@ -25,6 +25,7 @@ import uvicorn
 from uvicorn.supervisors import Multiprocess
 
 from api.service.logs import dict_config
+from api.service.sequencer_process import sequencer_beside_workers
 from api.service.settings import Settings
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -71,13 +72,17 @@ def metrics_directory(workers: int) -> Iterator[None]:
 WORKER_HEALTHCHECK_SECONDS = 30
 
 
-def run(app: str, **options: Any) -> bool:
+def run(app: str, *, sequencer_process: bool = False, **options: Any) -> bool:
     """`uvicorn.run(app, **options)` for an import string, with NoDelayConfig. Returns
     whether the server started (with workers, whether the supervisor ran).
 
     Unless `log_config` is given, uvicorn's logging (in every worker) is the service's
     pipeline (api/service/logs.py): JSON lines, or console on a terminal, one access line
-    per request from api.web.access unless `access_log=False` or LEDGER_ACCESS_LOG=false."""
+    per request from api.web.access unless `access_log=False` or LEDGER_ACCESS_LOG=false.
+
+    With `sequencer_process` (`lending-ledger serve`) the workers run no sequencer: one
+    process beside them does, restarted if it exits, stopped with the server
+    (api/service/sequencer_process.py)."""
     # A worker answers the supervisor's health pings only once it has imported the app;
     # uvicorn's 5 s kills and restarts a worker still importing on a busy machine, over
     # and over (seen at a load average of 9 on 2 cores).
@@ -89,7 +94,12 @@ def run(app: str, **options: Any) -> bool:
         )
         options["access_log"] = False  # uvicorn's own; api.web.access replaces it
     config = NoDelayConfig(app, **options)
-    with metrics_directory(config.workers):
+    sequencing = (
+        sequencer_beside_workers(options.get("log_level") or "info")
+        if sequencer_process
+        else contextlib.nullcontext()
+    )
+    with metrics_directory(config.workers), sequencing:
         if config.workers > 1:
             Multiprocess(config, sockets=[config.bind_socket()]).run()
             return True

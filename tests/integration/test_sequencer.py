@@ -11,14 +11,23 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
 import asyncpg
 import pytest
 
 from ledger.chain import verify_stream
 from ledger.db import Connection, connect, create_pool
-from ledger.sequencer import Sequencer, SequencerSettings, sequence_all
+from ledger.seals import Seal
+from ledger.sequencer import (
+    Sequencer,
+    SequencerSettings,
+    sequence_all,
+    sequence_batch,
+)
+from ledger.signing import SigningKey
 from ledger.store import append, read_stream
+from ledger.witness import Witness
 from tests.conftest import MakeDatabase
 from tests.integration.test_store import application_events
 from tests.support.helpers import wait_until_sequenced, whole_feed
@@ -228,6 +237,233 @@ async def test_two_sequencers_at_once_cannot_corrupt_the_log(
     assert sum(added) == 60
     async with own_pool.acquire() as connection:
         assert [e.seq for e in await whole_feed(connection)] == list(range(1, 61))
+
+
+LOG_IN_SEQ_ORDER = """
+SELECT l.seq, l.position FROM ledger_log l ORDER BY l.seq
+"""
+
+# The order the sequencer must follow: the log, once complete, is exactly this.
+EVENTS_IN_READING_ORDER = "SELECT position FROM events ORDER BY transaction_id, position"
+
+
+async def test_one_batch_is_one_statement_that_notifies_its_last_seq(own_url: str) -> None:
+    listener, connection = await connect(own_url), await connect(own_url)
+    announced: asyncio.Queue[str] = asyncio.Queue()
+
+    def on_sequenced(*arguments: object) -> None:
+        announced.put_nowait(str(arguments[-1]))
+
+    try:
+        await listener.add_listener("ledger_sequenced", on_sequenced)
+        for _ in range(3):
+            async with connection.transaction():
+                await append_in(connection)
+        assert await sequence_batch(connection, limit=4) == 4
+        assert await sequence_batch(connection, limit=4) == 4
+        assert await sequence_batch(connection, limit=4) == 1
+        assert await sequence_batch(connection, limit=4) == 0  # nothing new: no notification
+        # The function's own answer: how many it added, and the log's last seq either way.
+        row = await connection.fetchrow("SELECT * FROM ledger_sequence_batch(10)")
+        assert row is not None
+        assert (row["added"], row["last_seq"]) == (0, 9)
+        async with connection.transaction():
+            await append_in(connection)
+        assert await sequence_batch(connection) == 3
+        # One session's notifications arrive in commit order: had an empty batch notified,
+        # its payload would sit between these.
+        payloads = [await asyncio.wait_for(announced.get(), 10) for _ in range(4)]
+        assert payloads == ["4", "8", "9", "12"]
+        assert announced.empty()
+        # No transaction was left open: the cursor and the log agree from any session.
+        cursor = await listener.fetchrow("SELECT last_seq, last_position FROM ledger_cursor")
+        assert cursor is not None
+        last = await listener.fetchrow("SELECT seq, position FROM ledger_log ORDER BY seq DESC")
+        assert last is not None
+        assert (cursor["last_seq"], cursor["last_position"]) == (last["seq"], last["position"])
+    finally:
+        await listener.close()
+        await connection.close()
+
+
+async def test_an_empty_poll_writes_nothing(own_pool: asyncpg.Pool) -> None:
+    """No cursor lock when there is nothing to log: no transaction id, so no commit record
+    and no WAL flush for the polls that find nothing."""
+    async with own_pool.acquire() as connection:
+        async with connection.transaction():
+            await append_in(connection)
+        assert await sequence_all(connection) == 3
+        for expect_work in (False, True):
+            if expect_work:
+                async with connection.transaction():
+                    await append_in(connection)
+            async with connection.transaction():
+                added = await sequence_batch(connection)
+                assigned = await connection.fetchval("SELECT pg_current_xact_id_if_assigned()")
+            assert added == (3 if expect_work else 0)
+            assert (assigned is not None) == expect_work
+
+
+async def test_batches_under_concurrent_writers_log_every_event_once_in_reading_order(
+    own_pool: asyncpg.Pool,
+) -> None:
+    """Writers that commit out of order and roll back, two batch loops racing each other:
+    the log is contiguous, holds every committed event exactly once, and follows
+    (transaction_id, position): an event skipped below the horizon would be missing or out
+    of that order."""
+    writers, rounds = 8, 10
+    writing = True
+
+    async def writer() -> None:
+        for round_number in range(rounds):
+            async with own_pool.acquire() as connection:
+                transaction = connection.transaction()
+                await transaction.start()
+                await append_in(connection)
+                await asyncio.sleep(0.001 * (round_number % 3))
+                if round_number % 4 == 3:
+                    await transaction.rollback()
+                else:
+                    await transaction.commit()
+
+    async def batches() -> int:
+        added = 0
+        async with own_pool.acquire() as connection:
+            while writing:
+                added += await sequence_batch(connection, limit=5)
+                await asyncio.sleep(0)
+            added += await sequence_all(connection, batch_size=5)
+        return added
+
+    sequencing = [asyncio.create_task(batches()) for _ in range(2)]
+    try:
+        await asyncio.gather(*(writer() for _ in range(writers)))
+    finally:
+        writing = False
+        added = await asyncio.wait_for(asyncio.gather(*sequencing), 30)
+    async with own_pool.acquire() as connection:
+        log = await connection.fetch(LOG_IN_SEQ_ORDER)
+        expected = [r["position"] for r in await connection.fetch(EVENTS_IN_READING_ORDER)]
+    committed_rounds = sum(1 for round_number in range(rounds) if round_number % 4 != 3)
+    assert len(expected) == writers * committed_rounds * 3
+    assert sum(added) == len(expected)
+    assert [r["seq"] for r in log] == list(range(1, len(expected) + 1))
+    assert [r["position"] for r in log] == expected
+
+
+async def test_a_batch_waiting_for_the_cursor_continues_from_the_batch_before_it(
+    own_pool: asyncpg.Pool,
+) -> None:
+    """The batch statement's snapshot is taken after the cursor lock is granted: it sees the
+    log rows and cursor of the batch it waited for, and the events committed meanwhile."""
+    async with (
+        own_pool.acquire() as first,
+        own_pool.acquire() as second,
+        own_pool.acquire() as writer,
+    ):
+        async with writer.transaction():
+            await append_in(writer)
+        holding = first.transaction()
+        await holding.start()
+        assert await sequence_batch(first) == 3  # holds the cursor's row lock until commit
+        waiting = asyncio.create_task(sequence_batch(second))
+        await _until_blocked_on_a_lock(writer, second.get_server_pid())
+        async with writer.transaction():
+            await append_in(writer)  # committed while `second` waits
+        await holding.commit()
+        assert await asyncio.wait_for(waiting, 10) == 3
+        log = await writer.fetch(LOG_IN_SEQ_ORDER)
+        expected = [r["position"] for r in await writer.fetch(EVENTS_IN_READING_ORDER)]
+    assert [r["seq"] for r in log] == [1, 2, 3, 4, 5, 6]
+    assert [r["position"] for r in log] == expected
+
+
+class StuckWitness(Witness):
+    """A witness whose writes wait until released (slow storage, say)."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def record(self, connection: Connection, seal: Seal) -> int:
+        self.entered.set()
+        await self.release.wait()
+        return await super().record(connection, seal)
+
+
+async def test_a_seal_that_waits_holds_up_no_numbering(
+    own_pool: asyncpg.Pool, own_url: str, tmp_path: Path
+) -> None:
+    """The leader seals beside its batches, on a connection of its own: while a seal waits
+    for its witness, numbering goes on, and the next seal covers what was numbered meanwhile."""
+    witness = StuckWitness(tmp_path)
+    witness.prepare()
+    sequencer = Sequencer(
+        own_url,
+        SequencerSettings(batch_size=50, poll_interval=0.02, retry_interval=0.05, seal_interval=0),
+        signing_key=SigningKey.generate(),
+        witness=witness,
+    )
+    running = asyncio.create_task(sequencer.run())
+    try:
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        await asyncio.wait_for(witness.entered.wait(), 10)  # the first seal is stuck
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        assert await wait_until_sequenced(own_pool, timeout=10) == 6
+        witness.release.set()
+        async with own_pool.acquire() as observer:
+            deadline = time.monotonic() + 10
+            while await observer.fetchval("SELECT max(tree_size) FROM seals") != 6:
+                assert time.monotonic() < deadline, "no seal followed the numbering"
+                await asyncio.sleep(0.02)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+
+
+async def _until_blocked_on_a_lock(observer: Connection, pid: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await observer.fetchval(
+        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", pid
+    ):
+        if time.monotonic() > deadline:
+            raise AssertionError("the second batch never waited for the cursor lock")
+        await asyncio.sleep(0.01)
+
+
+async def test_a_confused_connection_is_replaced_not_fatal(
+    own_pool: asyncpg.Pool, own_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend terminated while its connection is idle can make asyncpg's next query raise
+    InternalClientError ("another operation is in progress"): the sequencer reconnects and
+    goes on, as after any lost connection, instead of ending."""
+    batches = 0
+
+    async def confused_once(connection: Connection, limit: int = 1000) -> int:
+        nonlocal batches
+        batches += 1
+        if batches == 1:
+            raise asyncpg.InternalClientError("cannot switch to state 12")
+        return await sequence_batch(connection, limit)
+
+    monkeypatch.setattr("ledger.sequencer.sequence_batch", confused_once)
+    sequencer = Sequencer(
+        own_url, SequencerSettings(batch_size=50, poll_interval=0.02, retry_interval=0.05)
+    )
+    running = asyncio.create_task(sequencer.run())
+    try:
+        async with own_pool.acquire() as connection, connection.transaction():
+            await append_in(connection)
+        assert await wait_until_sequenced(own_pool, timeout=10) == 3
+        assert batches > 1
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
