@@ -114,3 +114,110 @@ ORDER BY l.seq
 """
 
 LAST_SEQ = "SELECT last_seq FROM ledger_cursor"
+
+# --- The database cost of one apply (bench/dbcost.py) ---
+
+DBCOST_LEDGER_COMMAND_PARAMETERS = """
+SELECT proargnames FROM pg_proc WHERE proname = 'ledger_command'
+"""
+
+# Runs between the warm-up and the measured calls, so every variant starts from the same
+# state (each page's first change after it is a full-page image in the WAL).
+DBCOST_CHECKPOINT = "CHECKPOINT"
+
+# Has the sequencer's last seal reached its last log entry?
+DBCOST_UNSEALED_ENTRIES_EXIST = """
+SELECT (SELECT last_seq FROM ledger_cursor) > (SELECT coalesce(max(tree_size), 0) FROM seals)
+"""
+
+DBCOST_SYNCHRONOUS_COMMIT_OFF = "SET synchronous_commit = off"
+
+# The variants' changes to a scratch database (never to a product database).
+DBCOST_DROP_LEDGER_LOG_FK = (
+    "ALTER TABLE ledger_log DROP CONSTRAINT IF EXISTS ledger_log_position_fkey"
+)
+DBCOST_DROP_EVENT_ID_UNIQUE = "ALTER TABLE events DROP CONSTRAINT events_event_id_key"
+DBCOST_DROP_TRANSACTION_ORDER_INDEX = "DROP INDEX events_transaction_order"
+DBCOST_DROP_APPLICANT_INDEX = "DROP INDEX loan_applications_applicant_newest"
+DBCOST_DROP_REVIEW_INDEXES = """
+DROP INDEX loan_applications_review_pending;
+DROP INDEX loan_applications_review_completed
+"""
+DBCOST_EVENTS_AS_JSON = """
+ALTER TABLE events ALTER COLUMN data TYPE json, ALTER COLUMN metadata TYPE json
+"""
+
+# The tutorial reference's table (CREATE_REFERENCE_TABLE), in a scratch database that also
+# holds the product's schema: in a schema of its own, on the search path of its connections.
+DBCOST_TUTORIAL_SCHEMA = "CREATE SCHEMA IF NOT EXISTS tutorial; SET search_path = tutorial"
+
+# ledger_command's keyless write as one statement sent directly (data-modifying CTEs, no
+# plpgsql): the events, the application's row, its history entries and the response.
+DBCOST_ONE_STATEMENT = """
+WITH inserted AS (
+    INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
+                        data, metadata, recorded_at, prev_hash, hash, hashed)
+    SELECT $1, u.stream_version, u.event_id, u.event_type, u.schema_version,
+           u.data::jsonb, u.metadata::jsonb, $2, u.prev_hash, u.hash, u.hashed
+    FROM unnest($3::integer[], $4::uuid[], $5::text[], $6::integer[], $7::text[], $8::text[],
+                $9::bytea[], $10::bytea[], $11::bytea[])
+         AS u(stream_version, event_id, event_type, schema_version, data, metadata,
+              prev_hash, hash, hashed)
+    ORDER BY u.stream_version
+    RETURNING stream_version, position
+), written AS (
+    SELECT array_agg(position ORDER BY stream_version) AS positions,
+           max(position) AS last_position
+    FROM inserted
+), application AS (
+    INSERT INTO loan_applications (
+        application_id, applicant_id, amount, income, employment_years, risk_score, decision,
+        status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
+        last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
+        in_review_since, reviewed_at)
+    SELECT $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $2,
+           ($3::integer[])[cardinality($3::integer[])], w.last_position, $23, $24, $25,
+           $26::jsonb, $27, $28
+    FROM written w
+    ON CONFLICT (application_id) DO UPDATE SET
+        risk_score = EXCLUDED.risk_score,
+        decision = EXCLUDED.decision,
+        status = EXCLUDED.status,
+        scoring_model = EXCLUDED.scoring_model,
+        scoring_model_version = EXCLUDED.scoring_model_version,
+        updated_at = EXCLUDED.updated_at,
+        stream_version = EXCLUDED.stream_version,
+        last_event_position = EXCLUDED.last_event_position,
+        decided_by = EXCLUDED.decided_by,
+        recommended_outcome = EXCLUDED.recommended_outcome,
+        reason_codes = EXCLUDED.reason_codes,
+        in_review_since = EXCLUDED.in_review_since,
+        reviewed_at = EXCLUDED.reviewed_at
+), history AS (
+    INSERT INTO application_history (application_id, stream_version, event_position,
+                                     event_type, status, details, recorded_at)
+    SELECT $12, h.stream_version, w.positions[h.stream_version - ($3::integer[])[1] + 1],
+           ($5::text[])[h.stream_version - ($3::integer[])[1] + 1], h.status,
+           h.details::jsonb, $2
+    FROM written w, unnest($29::integer[], $30::text[], $31::text[])
+         AS h(stream_version, status, details)
+)
+SELECT 'applied'::text AS r_outcome, $32::integer AS r_status_code,
+       ($33::bytea[])[1] || coalesce(
+           (SELECT string_agg(convert_to(w.positions[s.slot]::text, 'UTF8')
+                              || ($33::bytea[])[s.n + 1], ''::bytea ORDER BY s.n)
+            FROM unnest($34::integer[]) WITH ORDINALITY AS s(slot, n)),
+           ''::bytea) AS r_body,
+       w.positions AS r_positions
+FROM written w
+"""
+
+DBCOST_DROP_EVENT_CHECKS = """
+ALTER TABLE events
+    DROP CONSTRAINT events_stream_id_check,
+    DROP CONSTRAINT events_stream_version_check,
+    DROP CONSTRAINT events_event_type_check,
+    DROP CONSTRAINT events_schema_version_check,
+    DROP CONSTRAINT events_prev_hash_check,
+    DROP CONSTRAINT events_hash_check
+"""

