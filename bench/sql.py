@@ -130,6 +130,9 @@ DBCOST_UNSEALED_ENTRIES_EXIST = """
 SELECT (SELECT last_seq FROM ledger_cursor) > (SELECT coalesce(max(tree_size), 0) FROM seals)
 """
 
+DBCOST_WAL_POSITION = "SELECT pg_current_wal_insert_lsn()"
+DBCOST_WAL_BYTES_SINCE = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1)"
+
 DBCOST_SYNCHRONOUS_COMMIT_OFF = "SET synchronous_commit = off"
 
 # The variants' changes to a scratch database (never to a product database).
