@@ -40,6 +40,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, cast
@@ -63,6 +64,8 @@ from ledger.signing import SigningKey
 from projections.sql import RUN_COMMAND
 
 logger = logging.getLogger(__name__)
+
+CHECKOUT_SCHEMA = REPO_ROOT / "schema.sql"
 
 Arguments = dict[str, Any]
 """One call's arguments, by `ledger_command`'s parameter names (p_scope, p_key, ...)."""
@@ -105,6 +108,13 @@ class _CapturingPool:
         return None
 
 
+def _is_json(value: Any) -> bool:
+    """A json parameter's value: objects, or a list of them (not a list of bytes, say)."""
+    if isinstance(value, dict):
+        return True
+    return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
+
+
 async def captured_arguments(
     body: bytes, model: ScoringModel, parameter_names: Sequence[str], *, keyed: bool
 ) -> Arguments:
@@ -128,8 +138,16 @@ async def captured_arguments(
     except _Captured as captured:
         if len(captured.arguments) != len(parameter_names):
             raise AssertionError("ledger_command's parameters and the call disagree") from None
-        return dict(zip(parameter_names, captured.arguments, strict=True))
+        return {
+            name: JsonText(orjson.dumps(value)) if _is_json(value) else value
+            for name, value in zip(parameter_names, captured.arguments, strict=True)
+        }
     raise AssertionError("the apply path did not reach ledger_command")
+
+
+class JsonText(bytes):
+    """A json parameter (p_events, p_history) as its text, so that ids can be renamed in
+    it; sent as it is (`sendable`)."""
 
 
 def _renamed(value: Any, texts: dict[str, str], ids: dict[uuid.UUID, uuid.UUID]) -> Any:
@@ -140,9 +158,10 @@ def _renamed(value: Any, texts: dict[str, str], ids: dict[uuid.UUID, uuid.UUID])
             value = value.replace(old, new)
         return value
     if isinstance(value, bytes):
+        renamed = bytes(value)
         for old, new in texts.items():
-            value = value.replace(old.encode(), new.encode())
-        return value
+            renamed = renamed.replace(old.encode(), new.encode())
+        return type(value)(renamed)
     if isinstance(value, list):
         return [_renamed(item, texts, ids) for item in value]
     return value
@@ -150,16 +169,29 @@ def _renamed(value: Any, texts: dict[str, str], ids: dict[uuid.UUID, uuid.UUID])
 
 def fresh_call(template: Arguments) -> Arguments:
     """The template's call for a new application: new application id (so a new stream) and
-    new event ids, everywhere they appear (ids, stream id, JSON, canonical bytes, body).
-    The hashes are left as they are: the database does not recompute them."""
+    new event ids, everywhere they appear (ids, stream id, JSON, the canonical bytes in hex,
+    the body). The hashes are left as they are: the database does not recompute them."""
     ids = {template["p_application_id"]: uuid.uuid4()}
-    ids.update({old: uuid.uuid4() for old in template["p_event_ids"]})
-    texts = {str(old): str(new) for old, new in ids.items()}
+    ids.update(
+        {uuid.UUID(e["event_id"]): uuid.uuid4() for e in orjson.loads(bytes(template["p_events"]))}
+    )
+    texts: dict[str, str] = {}
+    for old, new in ids.items():
+        texts[str(old)] = str(new)
+        texts[str(old).encode().hex()] = str(new).encode().hex()
     call = {name: _renamed(value, texts, ids) for name, value in template.items()}
     if call["p_key"] is not None:
         call["p_key"] = f"dbcost-{ids[template['p_application_id']]}"
         call["p_lock"] = lock_key(call["p_scope"], call["p_key"])
     return call
+
+
+def sendable(call: Arguments) -> Arguments:
+    """The call as asyncpg sends it: JSON texts embedded verbatim by the json codec."""
+    return {
+        name: orjson.Fragment(bytes(value)) if isinstance(value, JsonText) else value
+        for name, value in call.items()
+    }
 
 
 # --- Variants ----------------------------------------------------------------------------
@@ -174,7 +206,8 @@ class Variant:
     name: str
     what: str
     sequencer: str = SEQUENCER_SEALING
-    setup: tuple[str, ...] = ()  # statements run on the scratch database after schema.sql
+    # Statements run on the scratch database after schema.sql (a callable: made then).
+    setup: tuple[str | Callable[[], str], ...] = ()
     session: tuple[str, ...] = ()  # statements run on each calling connection first
     change_call: Callable[[Arguments], Arguments] | None = None
     keyed: bool = False
@@ -182,22 +215,14 @@ class Variant:
     # Another statement instead of ledger_command, and its parameters from a call's.
     statement: str = RUN_COMMAND
     parameters: Callable[[Arguments], tuple[Any, ...]] = lambda call: tuple(call.values())
-    # Another schema.sql instead of the checkout's (--reference-schema).
-    schema_file: Path | None = None
+    # The schema.sql this variant starts from (--schema, or --reference-schema for that one).
+    schema_file: Path = CHECKOUT_SCHEMA
 
 
 _ONE_STATEMENT_PARAMETERS = (
     "p_stream_id",
     "p_recorded_at",
-    "p_versions",
-    "p_event_ids",
-    "p_types",
-    "p_schema_versions",
-    "p_data",
-    "p_metadata",
-    "p_prev_hashes",
-    "p_hashes",
-    "p_hashed",
+    "p_events",
     "p_application_id",
     "p_applicant_id",
     "p_amount",
@@ -215,12 +240,7 @@ _ONE_STATEMENT_PARAMETERS = (
     "p_reason_codes",
     "p_in_review_since",
     "p_reviewed_at",
-    "p_history_versions",
-    "p_history_statuses",
-    "p_history_details",
-    "p_status_code",
-    "p_body_parts",
-    "p_body_slots",
+    "p_history",
 )
 
 
@@ -241,44 +261,48 @@ def _tutorial_insert(call: Arguments) -> tuple[Any, ...]:
 
 
 def _without_history(call: Arguments) -> Arguments:
-    return {
-        **call,
-        "p_history_versions": [],
-        "p_history_statuses": [],
-        "p_history_details": [],
-    }
+    return {**call, "p_history": JsonText(b"[]")}
 
 
 def _without_hashed(call: Arguments) -> Arguments:
-    return {**call, "p_hashed": [None] * len(call["p_hashed"])}
+    events = orjson.loads(bytes(call["p_events"]))
+    for event in events:
+        event["hashed"] = None
+    return {**call, "p_events": JsonText(orjson.dumps(events))}
 
 
-def _ledger_command_source() -> str:
+def _ledger_command_source(schema_file: Path) -> str:
     """schema.sql's `CREATE OR REPLACE FUNCTION ledger_command ... $$;`."""
-    schema = (REPO_ROOT / "schema.sql").read_text()
+    schema = schema_file.read_text(encoding="utf-8")
     found = re.search(r"CREATE OR REPLACE FUNCTION ledger_command\(.*?\n\$\$;\n", schema, re.S)
     if found is None:
         raise AssertionError("schema.sql has no ledger_command function")
     return found.group(0)
 
 
-def ledger_command_with(*replacements: tuple[str, str]) -> str:
-    """schema.sql's ledger_command with some of its text replaced (each must occur)."""
-    source = _ledger_command_source()
-    for old, new in replacements:
-        if old not in source:
-            raise AssertionError(f"ledger_command no longer contains {old!r}")
-        source = source.replace(old, new)
-    return source
+def ledger_command_with(schema_file: Path, *replacements: tuple[str, str]) -> Callable[[], str]:
+    """schema.sql's ledger_command with some of its text replaced: (regular expression,
+    replacement) pairs, each of which must match."""
+
+    def patched() -> str:
+        source = _ledger_command_source(schema_file)
+        for pattern, replacement in replacements:
+            source, count = re.subn(pattern, replacement, source, flags=re.S)
+            if not count:
+                raise AssertionError(f"ledger_command no longer matches {pattern!r}")
+        return source
+
+    return patched
 
 
-def variants(reference_schema: Path | None = None) -> list[Variant]:
+def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = None) -> list[Variant]:
     """The reference (`product`: the schema as shipped, the sequencer numbering and sealing
     as the service runs it) and one variant per part measured. Parts of the sequencer's
     work are compared with the sequencer numbering without seals; parts of the write itself
     with the sequencer off, where its own noise does not blur them. With a reference
     schema, `reference_schema` is the product on that schema.sql (an older one, say)."""
     off = SEQUENCER_OFF
+    variant = partial(Variant, schema_file=schema)
     against = []
     if reference_schema is not None:
         against.append(
@@ -289,95 +313,95 @@ def variants(reference_schema: Path | None = None) -> list[Variant]:
             )
         )
     return [
-        Variant(
+        variant(
             "product",
             "schema.sql as shipped; sequencer numbering and sealing (1/s)",
             compare_with="product",
         ),
         *against,
-        Variant("no_seals", "sequencer numbering only, no seals", sequencer=SEQUENCER_ON),
-        Variant(
+        variant("no_seals", "sequencer numbering only, no seals", sequencer=SEQUENCER_ON),
+        variant(
             "no_ledger_log_fk",
             "ledger_log without its FOREIGN KEY to events (sequencer numbering only)",
             sequencer=SEQUENCER_ON,
             setup=(sql.DBCOST_DROP_LEDGER_LOG_FK,),
             compare_with="no_seals",
         ),
-        Variant(
+        variant(
             "no_sequencer",
             "sequencer off: the writes alone",
             sequencer=off,
             compare_with="no_seals",
         ),
-        Variant(
+        variant(
             "no_transaction_order_index",
             "events without the (transaction_id, position) index",
             sequencer=off,
             setup=(sql.DBCOST_DROP_TRANSACTION_ORDER_INDEX,),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "no_event_id_unique",
             "events without UNIQUE (event_id)",
             sequencer=off,
             setup=(sql.DBCOST_DROP_EVENT_ID_UNIQUE,),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "no_event_checks",
             "events without its six CHECK constraints",
             sequencer=off,
             setup=(sql.DBCOST_DROP_EVENT_CHECKS,),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "no_hashed",
             "events.hashed left NULL",
             sequencer=off,
             change_call=_without_hashed,
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "json_not_jsonb",
             "events.data and events.metadata as json (checked, kept as text)",
             sequencer=off,
             setup=(
                 sql.DBCOST_EVENTS_AS_JSON,
                 ledger_command_with(
-                    ("u.data::jsonb, u.metadata::jsonb", "u.data::json, u.metadata::json")
+                    schema, (r"data jsonb, metadata jsonb", "data json, metadata json")
                 ),
             ),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "no_applicant_index",
             "loan_applications without the (applicant, newest) index",
             sequencer=off,
             setup=(sql.DBCOST_DROP_APPLICANT_INDEX,),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "no_review_indexes",
             "loan_applications without the two partial review-queue indexes",
             sequencer=off,
             setup=(sql.DBCOST_DROP_REVIEW_INDEXES,),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "insert_not_upsert",
             "loan_applications row by plain INSERT, not INSERT ... ON CONFLICT DO UPDATE",
             sequencer=off,
-            setup=(ledger_command_with((_UPSERT_CLAUSE, ";")),),
+            setup=(ledger_command_with(schema, (_UPSERT_CLAUSE, "")),),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "no_history",
             "no application_history rows",
             sequencer=off,
             change_call=_without_history,
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "one_statement",
             "the keyless write as one statement of data-modifying CTEs, no plpgsql",
             sequencer=off,
@@ -385,21 +409,21 @@ def variants(reference_schema: Path | None = None) -> list[Variant]:
             parameters=_one_statement,
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "keyed",
             "every call with an Idempotency-Key",
             sequencer=off,
             keyed=True,
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "synchronous_commit_off",
             "synchronous_commit = off on the calling connections (information only)",
             sequencer=off,
             session=(sql.DBCOST_SYNCHRONOUS_COMMIT_OFF,),
             compare_with="no_sequencer",
         ),
-        Variant(
+        variant(
             "tutorial_reference",
             "not an apply: the tutorial app's INSERT ... RETURNING (one table, one index)",
             sequencer=off,
@@ -412,22 +436,10 @@ def variants(reference_schema: Path | None = None) -> list[Variant]:
     ]
 
 
-# The loan_applications upsert's conflict clause in ledger_command, up to its end.
-_UPSERT_CLAUSE = """
-    ON CONFLICT (application_id) DO UPDATE SET
-        risk_score = EXCLUDED.risk_score,
-        decision = EXCLUDED.decision,
-        status = EXCLUDED.status,
-        scoring_model = EXCLUDED.scoring_model,
-        scoring_model_version = EXCLUDED.scoring_model_version,
-        updated_at = EXCLUDED.updated_at,
-        stream_version = EXCLUDED.stream_version,
-        last_event_position = EXCLUDED.last_event_position,
-        decided_by = EXCLUDED.decided_by,
-        recommended_outcome = EXCLUDED.recommended_outcome,
-        reason_codes = EXCLUDED.reason_codes,
-        in_review_since = EXCLUDED.in_review_since,
-        reviewed_at = EXCLUDED.reviewed_at;"""
+# The loan_applications upsert's conflict clause in ledger_command.
+_UPSERT_CLAUSE = (
+    r"\n\s*ON CONFLICT \(application_id\) DO UPDATE SET.*?reviewed_at = EXCLUDED\.reviewed_at"
+)
 
 
 # --- Measuring ---------------------------------------------------------------------------
@@ -500,6 +512,7 @@ class Options:
     seed: int = 12
     scoring_model: str = "ratio-v1"
     only: tuple[str, ...] = ()
+    schema: Path = CHECKOUT_SCHEMA
     reference_schema: Path | None = None
     catch_up_timeout: float = 60.0
     results: list[Measurement] = field(default_factory=list)
@@ -572,7 +585,7 @@ class Prepared:
 
 
 def _schema_text(variant: Variant) -> str:
-    return (variant.schema_file or REPO_ROOT / "schema.sql").read_text(encoding="utf-8")
+    return variant.schema_file.read_text(encoding="utf-8")
 
 
 @asynccontextmanager
@@ -592,14 +605,14 @@ async def prepared(
         admin = await connect(url)
         await admin.execute(_schema_text(variant))
         for statement in variant.setup:
-            await admin.execute(statement)
+            await admin.execute(statement if isinstance(statement, str) else statement())
         connections = [await connect(url) for _ in range(options.clients)]
         for connection in connections:
             for statement in variant.session:
                 await connection.execute(statement)
         change = variant.change_call or (lambda call: call)
         calls = [
-            variant.parameters(change(fresh_call(templates[n % len(templates)])))
+            variant.parameters(sendable(change(fresh_call(templates[n % len(templates)]))))
             for n in range(options.warmup_calls + options.calls)
         ]
         sequencer = None
@@ -681,7 +694,7 @@ async def measure_pair(
 
 
 async def run(options: Options, database_url: str | None, postmaster_pid: int | None) -> None:
-    every = variants(options.reference_schema)
+    every = variants(options.schema, options.reference_schema)
     wanted = set(options.only) or {v.name for v in every}
     unknown = wanted - {v.name for v in every}
     if unknown:
@@ -752,7 +765,7 @@ def report(options: Options, load_before: float, load_after: float) -> str:
         "| rest of server (pair) | WAL bytes |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for variant in variants(options.reference_schema):
+    for variant in variants(options.schema, options.reference_schema):
         measured = [m for m in options.results if m.variant == variant.name]
         if not measured:
             continue
@@ -803,6 +816,12 @@ def build_parser() -> argparse.ArgumentParser:
     add("--database-url", default=None, help="a server to use instead of an embedded one")
     add("--postmaster-pid", type=int, default=None, help="that server's postmaster pid")
     add(
+        "--schema",
+        type=Path,
+        default=CHECKOUT_SCHEMA,
+        help="the schema.sql the variants start from (default: the checkout's)",
+    )
+    add(
         "--reference-schema",
         type=Path,
         default=None,
@@ -821,6 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         rounds=args.rounds,
         seed=args.seed,
         only=tuple(name for name in args.only.split(",") if name),
+        schema=args.schema,
         reference_schema=args.reference_schema,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

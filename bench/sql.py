@@ -155,22 +155,24 @@ ALTER TABLE events ALTER COLUMN data TYPE json, ALTER COLUMN metadata TYPE json
 DBCOST_TUTORIAL_SCHEMA = "CREATE SCHEMA IF NOT EXISTS tutorial; SET search_path = tutorial"
 
 # ledger_command's keyless write as one statement sent directly (data-modifying CTEs, no
-# plpgsql): the events, the application's row, its history entries and the response.
+# plpgsql): the events, the application's row and its history entries.
 DBCOST_ONE_STATEMENT = """
 WITH inserted AS (
     INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
                         data, metadata, recorded_at, prev_hash, hash, hashed)
     SELECT $1, u.stream_version, u.event_id, u.event_type, u.schema_version,
-           u.data::jsonb, u.metadata::jsonb, $2, u.prev_hash, u.hash, u.hashed
-    FROM unnest($3::integer[], $4::uuid[], $5::text[], $6::integer[], $7::text[], $8::text[],
-                $9::bytea[], $10::bytea[], $11::bytea[])
-         AS u(stream_version, event_id, event_type, schema_version, data, metadata,
-              prev_hash, hash, hashed)
+           u.data, u.metadata, $2, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex'),
+           decode(u.hashed, 'hex')
+    FROM json_to_recordset($3::json)
+         AS u(stream_version integer, event_id uuid, event_type text,
+              schema_version integer, data jsonb, metadata jsonb, prev_hash text,
+              hash text, hashed text)
     ORDER BY u.stream_version
     RETURNING stream_version, position
 ), written AS (
     SELECT array_agg(position ORDER BY stream_version) AS positions,
-           max(position) AS last_position
+           max(position) AS last_position, min(stream_version) AS first_version,
+           max(stream_version) AS last_version
     FROM inserted
 ), application AS (
     INSERT INTO loan_applications (
@@ -178,9 +180,8 @@ WITH inserted AS (
         status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
         last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
         in_review_since, reviewed_at)
-    SELECT $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $2,
-           ($3::integer[])[cardinality($3::integer[])], w.last_position, $23, $24, $25,
-           $26::jsonb, $27, $28
+    SELECT $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $2, w.last_version,
+           w.last_position, $15, $16, $17, $18::jsonb, $19, $20
     FROM written w
     ON CONFLICT (application_id) DO UPDATE SET
         risk_score = EXCLUDED.risk_score,
@@ -199,20 +200,12 @@ WITH inserted AS (
 ), history AS (
     INSERT INTO application_history (application_id, stream_version, event_position,
                                      event_type, status, details, recorded_at)
-    SELECT $12, h.stream_version, w.positions[h.stream_version - ($3::integer[])[1] + 1],
-           ($5::text[])[h.stream_version - ($3::integer[])[1] + 1], h.status,
-           h.details::jsonb, $2
-    FROM written w, unnest($29::integer[], $30::text[], $31::text[])
-         AS h(stream_version, status, details)
+    SELECT $4, h.stream_version, w.positions[h.stream_version - w.first_version + 1],
+           h.event_type, h.status, h.details, $2
+    FROM written w, json_to_recordset($21::json)
+         AS h(stream_version integer, event_type text, status text, details jsonb)
 )
-SELECT 'applied'::text AS r_outcome, $32::integer AS r_status_code,
-       ($33::bytea[])[1] || coalesce(
-           (SELECT string_agg(convert_to(w.positions[s.slot]::text, 'UTF8')
-                              || ($33::bytea[])[s.n + 1], ''::bytea ORDER BY s.n)
-            FROM unnest($34::integer[]) WITH ORDINALITY AS s(slot, n)),
-           ''::bytea) AS r_body,
-       w.positions AS r_positions
-FROM written w
+SELECT 'applied'::text AS r_outcome, w.positions AS r_positions FROM written w
 """
 
 DBCOST_DROP_EVENT_CHECKS = """
