@@ -350,9 +350,6 @@ DECLARE
     v_status_code integer;
     v_body bytea;
     v_positions bigint[];
-    v_first integer;
-    v_last integer;
-    v_last_position bigint;
     i integer;
 BEGIN
     IF p_key IS NOT NULL THEN
@@ -364,20 +361,28 @@ BEGIN
               AND k.created_at > now() - p_retention;
             IF FOUND THEN
                 IF v_fingerprint = p_fingerprint THEN
-                    RETURN QUERY SELECT 'replayed'::text, v_status_code, v_body, NULL::bigint[];
+                    r_outcome := 'replayed';
+                    r_status_code := v_status_code;
+                    r_body := v_body;
                 ELSE
-                    RETURN QUERY SELECT 'reused'::text, NULL::integer, NULL::bytea, NULL::bigint[];
+                    r_outcome := 'reused';
                 END IF;
+                RETURN NEXT;
                 RETURN;
             END IF;
             IF i = 1 AND NOT pg_try_advisory_xact_lock(p_lock) THEN
-                RETURN QUERY SELECT 'in_flight'::text, NULL::integer, NULL::bytea, NULL::bigint[];
+                r_outcome := 'in_flight';
+                RETURN NEXT;
                 RETURN;
             END IF;
         END LOOP;
     END IF;
 
-    -- Rows in stream-version order, so positions increase along the stream.
+    -- The events, the application's row and its history entries in one statement: one
+    -- plan to start and end where three statements were three (docs/benchmarks.md, "Issue
+    -- 12: the database cost of one apply"). A data-modifying CTE runs to completion whether
+    -- or not the final SELECT reads it. Rows in stream-version order, so positions increase
+    -- along the stream.
     WITH inserted AS (
         INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
                             data, metadata, recorded_at, prev_hash, hash, hashed)
@@ -390,44 +395,47 @@ BEGIN
                   hash text, hashed text)
         ORDER BY u.stream_version
         RETURNING stream_version, position
+    ), written AS (
+        SELECT array_agg(position ORDER BY stream_version) AS positions,
+               max(position) AS last_position, min(stream_version) AS first_version,
+               max(stream_version) AS last_version
+        FROM inserted
+    ), application AS (
+        INSERT INTO loan_applications (
+            application_id, applicant_id, amount, income, employment_years, risk_score,
+            decision, status, scoring_model, scoring_model_version, created_at, updated_at,
+            stream_version, last_event_position, submitted_by, decided_by,
+            recommended_outcome, reason_codes, in_review_since, reviewed_at)
+        SELECT p_application_id, p_applicant_id, p_amount, p_income, p_employment_years,
+               p_risk_score, p_decision, p_status, p_scoring_model, p_scoring_model_version,
+               p_created_at, p_recorded_at, w.last_version, w.last_position, p_submitted_by,
+               p_decided_by, p_recommended_outcome, p_reason_codes::jsonb, p_in_review_since,
+               p_reviewed_at
+        FROM written w
+        ON CONFLICT (application_id) DO UPDATE SET
+            risk_score = EXCLUDED.risk_score,
+            decision = EXCLUDED.decision,
+            status = EXCLUDED.status,
+            scoring_model = EXCLUDED.scoring_model,
+            scoring_model_version = EXCLUDED.scoring_model_version,
+            updated_at = EXCLUDED.updated_at,
+            stream_version = EXCLUDED.stream_version,
+            last_event_position = EXCLUDED.last_event_position,
+            decided_by = EXCLUDED.decided_by,
+            recommended_outcome = EXCLUDED.recommended_outcome,
+            reason_codes = EXCLUDED.reason_codes,
+            in_review_since = EXCLUDED.in_review_since,
+            reviewed_at = EXCLUDED.reviewed_at
+    ), history AS (
+        INSERT INTO application_history (application_id, stream_version, event_position,
+                                         event_type, status, details, recorded_at)
+        SELECT p_application_id, h.stream_version,
+               w.positions[h.stream_version - w.first_version + 1], h.event_type, h.status,
+               h.details, p_recorded_at
+        FROM written w, json_to_recordset(p_history)
+             AS h(stream_version integer, event_type text, status text, details jsonb)
     )
-    SELECT array_agg(position ORDER BY stream_version), max(position),
-           min(stream_version), max(stream_version)
-    INTO v_positions, v_last_position, v_first, v_last
-    FROM inserted;
-
-    INSERT INTO loan_applications (
-        application_id, applicant_id, amount, income, employment_years, risk_score, decision,
-        status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
-        last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
-        in_review_since, reviewed_at)
-    VALUES (
-        p_application_id, p_applicant_id, p_amount, p_income, p_employment_years, p_risk_score,
-        p_decision, p_status, p_scoring_model, p_scoring_model_version, p_created_at,
-        p_recorded_at, v_last, v_last_position, p_submitted_by,
-        p_decided_by, p_recommended_outcome, p_reason_codes::jsonb, p_in_review_since,
-        p_reviewed_at)
-    ON CONFLICT (application_id) DO UPDATE SET
-        risk_score = EXCLUDED.risk_score,
-        decision = EXCLUDED.decision,
-        status = EXCLUDED.status,
-        scoring_model = EXCLUDED.scoring_model,
-        scoring_model_version = EXCLUDED.scoring_model_version,
-        updated_at = EXCLUDED.updated_at,
-        stream_version = EXCLUDED.stream_version,
-        last_event_position = EXCLUDED.last_event_position,
-        decided_by = EXCLUDED.decided_by,
-        recommended_outcome = EXCLUDED.recommended_outcome,
-        reason_codes = EXCLUDED.reason_codes,
-        in_review_since = EXCLUDED.in_review_since,
-        reviewed_at = EXCLUDED.reviewed_at;
-
-    INSERT INTO application_history (application_id, stream_version, event_position,
-                                     event_type, status, details, recorded_at)
-    SELECT p_application_id, h.stream_version, v_positions[h.stream_version - v_first + 1],
-           h.event_type, h.status, h.details, p_recorded_at
-    FROM json_to_recordset(p_history)
-         AS h(stream_version integer, event_type text, status text, details jsonb);
+    SELECT w.positions INTO v_positions FROM written w;
 
     v_body := p_body_parts[1];
     FOR i IN 1 .. coalesce(cardinality(p_body_slots), 0) LOOP
@@ -450,7 +458,12 @@ BEGIN
         END IF;
     END IF;
 
-    RETURN QUERY SELECT 'applied'::text, p_status_code, v_body, v_positions;
+    -- The row from the output variables (RETURN NEXT): no query to plan and run for it.
+    r_outcome := 'applied';
+    r_status_code := p_status_code;
+    r_body := v_body;
+    r_positions := v_positions;
+    RETURN NEXT;
 END;
 $$;
 
