@@ -64,8 +64,20 @@ CREATE INDEX IF NOT EXISTS events_transaction_order ON events (transaction_id, p
 -- ---------------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS ledger_log (
     seq       bigint PRIMARY KEY CHECK (seq >= 1),
-    position  bigint NOT NULL UNIQUE REFERENCES events (position)
+    position  bigint NOT NULL UNIQUE
 );
+
+-- No FOREIGN KEY to events (an earlier schema had one; dropped here so an existing database
+-- loses it too). Its check cost the sequencer a lookup per logged event and, worse, a FOR KEY
+-- SHARE lock on the event's row: a write to that row's tuple header, with its own WAL
+-- record, for every event (docs/benchmarks.md, "Issue 12: the database cost of one apply").
+-- What it guarded is still guarded: the sequencer logs only positions it has just read from
+-- events, and events cannot lose a row (the triggers below; the service role has no DELETE).
+-- A log entry whose event is missing, however it came about, is found by `lending-ledger
+-- verify` (projections/verify_sql.py, LOG_PROBLEMS: "not in the event table") and refused by
+-- every seal (ledger/seal_sql.py: SELECT_LOG_SHAPE counts such entries, SELECT_LEAVES_TO_SEAL
+-- finds no hash for them).
+ALTER TABLE ledger_log DROP CONSTRAINT IF EXISTS ledger_log_position_fkey;
 
 CREATE TABLE IF NOT EXISTS ledger_cursor (
     singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
