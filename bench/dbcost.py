@@ -355,6 +355,13 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
             compare_with="no_sequencer",
         ),
         variant(
+            "event_checks_merged",
+            "events with its six CHECK conditions in one constraint",
+            sequencer=off,
+            setup=(sql.DBCOST_MERGE_EVENT_CHECKS,),
+            compare_with="no_sequencer",
+        ),
+        variant(
             "no_hashed",
             "events.hashed left NULL",
             sequencer=off,
@@ -369,6 +376,21 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
                 sql.DBCOST_EVENTS_AS_JSON,
                 ledger_command_with(
                     schema, (r"data jsonb, metadata jsonb", "data json, metadata json")
+                ),
+            ),
+            compare_with="no_sequencer",
+        ),
+        variant(
+            "jsonb_parameters",
+            "p_events and p_history as jsonb: parsed once, data and details taken as they are",
+            sequencer=off,
+            setup=(
+                sql.DBCOST_DROP_LEDGER_COMMAND,
+                ledger_command_with(
+                    schema,
+                    (r"p_events json,", "p_events jsonb,"),
+                    (r"p_history json,", "p_history jsonb,"),
+                    (r"json_to_recordset\(", "jsonb_to_recordset("),
                 ),
             ),
             compare_with="no_sequencer",

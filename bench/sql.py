@@ -217,3 +217,22 @@ ALTER TABLE events
     DROP CONSTRAINT events_prev_hash_check,
     DROP CONSTRAINT events_hash_check
 """
+
+# The same six conditions as one constraint: each constraint is read back from its stored
+# text and planned for every statement that inserts (ExecConstraints), so fewer cost less.
+DBCOST_MERGE_EVENT_CHECKS = """
+ALTER TABLE events
+    DROP CONSTRAINT events_stream_id_check,
+    DROP CONSTRAINT events_stream_version_check,
+    DROP CONSTRAINT events_event_type_check,
+    DROP CONSTRAINT events_schema_version_check,
+    DROP CONSTRAINT events_prev_hash_check,
+    DROP CONSTRAINT events_hash_check,
+    ADD CONSTRAINT events_envelope_check CHECK (
+        length(stream_id) BETWEEN 1 AND 200 AND stream_version >= 1
+        AND length(event_type) BETWEEN 1 AND 200 AND schema_version >= 1
+        AND octet_length(prev_hash) = 32 AND octet_length(hash) = 32)
+"""
+
+# Before a ledger_command whose parameters' types differ (CREATE OR REPLACE cannot do it).
+DBCOST_DROP_LEDGER_COMMAND = "DROP FUNCTION ledger_command"
