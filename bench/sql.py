@@ -117,8 +117,12 @@ LAST_SEQ = "SELECT last_seq FROM ledger_cursor"
 
 # --- The database cost of one apply (bench/dbcost.py) ---
 
-DBCOST_LEDGER_COMMAND_PARAMETERS = """
-SELECT proargnames FROM pg_proc WHERE proname = 'ledger_command'
+# The command as a call of the plpgsql function ledger_command, which schema.sql had up to
+# commit ad92c85 (bench/dbcost.py: --reference-schema).
+DBCOST_LEDGER_COMMAND_CALL = """
+SELECT r_outcome, r_status_code, r_body, r_positions
+FROM ledger_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
 """
 
 # Runs between the warm-up and the measured calls, so every variant starts from the same
@@ -154,59 +158,6 @@ ALTER TABLE events ALTER COLUMN data TYPE json, ALTER COLUMN metadata TYPE json
 # holds the product's schema: in a schema of its own, on the search path of its connections.
 DBCOST_TUTORIAL_SCHEMA = "CREATE SCHEMA IF NOT EXISTS tutorial; SET search_path = tutorial"
 
-# ledger_command's keyless write as one statement sent directly (data-modifying CTEs, no
-# plpgsql): the events, the application's row and its history entries.
-DBCOST_ONE_STATEMENT = """
-WITH inserted AS (
-    INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
-                        data, metadata, recorded_at, prev_hash, hash, hashed)
-    SELECT $1, u.stream_version, u.event_id, u.event_type, u.schema_version,
-           u.data, u.metadata, $2, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex'),
-           decode(u.hashed, 'hex')
-    FROM json_to_recordset($3::json)
-         AS u(stream_version integer, event_id uuid, event_type text,
-              schema_version integer, data jsonb, metadata jsonb, prev_hash text,
-              hash text, hashed text)
-    ORDER BY u.stream_version
-    RETURNING stream_version, position
-), written AS (
-    SELECT array_agg(position ORDER BY stream_version) AS positions,
-           max(position) AS last_position, min(stream_version) AS first_version,
-           max(stream_version) AS last_version
-    FROM inserted
-), application AS (
-    INSERT INTO loan_applications (
-        application_id, applicant_id, amount, income, employment_years, risk_score, decision,
-        status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
-        last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
-        in_review_since, reviewed_at)
-    SELECT $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $2, w.last_version,
-           w.last_position, $15, $16, $17, $18::jsonb, $19, $20
-    FROM written w
-    ON CONFLICT (application_id) DO UPDATE SET
-        risk_score = EXCLUDED.risk_score,
-        decision = EXCLUDED.decision,
-        status = EXCLUDED.status,
-        scoring_model = EXCLUDED.scoring_model,
-        scoring_model_version = EXCLUDED.scoring_model_version,
-        updated_at = EXCLUDED.updated_at,
-        stream_version = EXCLUDED.stream_version,
-        last_event_position = EXCLUDED.last_event_position,
-        decided_by = EXCLUDED.decided_by,
-        recommended_outcome = EXCLUDED.recommended_outcome,
-        reason_codes = EXCLUDED.reason_codes,
-        in_review_since = EXCLUDED.in_review_since,
-        reviewed_at = EXCLUDED.reviewed_at
-), history AS (
-    INSERT INTO application_history (application_id, stream_version, event_position,
-                                     event_type, status, details, recorded_at)
-    SELECT $4, h.stream_version, w.positions[h.stream_version - w.first_version + 1],
-           h.event_type, h.status, h.details, $2
-    FROM written w, json_to_recordset($21::json)
-         AS h(stream_version integer, event_type text, status text, details jsonb)
-)
-SELECT 'applied'::text AS r_outcome, w.positions AS r_positions FROM written w
-"""
 
 DBCOST_DROP_EVENT_CHECKS = """
 ALTER TABLE events
@@ -233,6 +184,3 @@ ALTER TABLE events
         AND length(event_type) BETWEEN 1 AND 200 AND schema_version >= 1
         AND octet_length(prev_hash) = 32 AND octet_length(hash) = 32)
 """
-
-# Before a ledger_command whose parameters' types differ (CREATE OR REPLACE cannot do it).
-DBCOST_DROP_LEDGER_COMMAND = "DROP FUNCTION ledger_command"
