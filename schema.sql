@@ -346,30 +346,37 @@ LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea;
 BEGIN
-    FOR attempt IN 1 .. 2 LOOP
+    -- Written out rather than as a loop: each plpgsql expression is compiled again in every
+    -- transaction, and every command is a transaction of its own.
+    SELECT k.request_fingerprint, k.status_code, k.response_body
+    INTO v_fingerprint, status_code, body
+    FROM idempotency_keys k
+    WHERE k.scope = p_scope AND k.idempotency_key = p_key
+      AND k.created_at > now() - p_retention;
+    IF NOT FOUND THEN
+        IF NOT pg_try_advisory_xact_lock(p_lock) THEN
+            outcome := 'in_flight';
+            RETURN NEXT;
+            RETURN;
+        END IF;
         SELECT k.request_fingerprint, k.status_code, k.response_body
         INTO v_fingerprint, status_code, body
         FROM idempotency_keys k
         WHERE k.scope = p_scope AND k.idempotency_key = p_key
           AND k.created_at > now() - p_retention;
-        IF FOUND THEN
-            IF v_fingerprint = p_fingerprint THEN
-                outcome := 'replayed';
-            ELSE
-                outcome := 'reused';
-                status_code := NULL;
-                body := NULL;
-            END IF;
+        IF NOT FOUND THEN
+            outcome := 'claimed';
             RETURN NEXT;
             RETURN;
         END IF;
-        IF attempt = 1 AND NOT pg_try_advisory_xact_lock(p_lock) THEN
-            outcome := 'in_flight';
-            RETURN NEXT;
-            RETURN;
-        END IF;
-    END LOOP;
-    outcome := 'claimed';
+    END IF;
+    IF v_fingerprint = p_fingerprint THEN
+        outcome := 'replayed';
+    ELSE
+        outcome := 'reused';
+        status_code := NULL;
+        body := NULL;
+    END IF;
     RETURN NEXT;
 END;
 $$;

@@ -627,35 +627,33 @@ WITH claim AS (
     SELECT c.outcome, c.status_code, c.body
     FROM ledger_claim($22::text, $23::text, $24::bytea, $25::interval, $26::bigint) AS c
 ), gate AS (
-    SELECT NOT EXISTS (SELECT FROM claim WHERE outcome <> 'claimed') AS open
-), {_COMMAND_WRITE}, response AS (
-    SELECT ($28::bytea[])[1] || coalesce(
+    SELECT outcome = 'claimed' AS open FROM claim
+), {_COMMAND_WRITE}, stored AS (
+    INSERT INTO idempotency_keys AS k (scope, idempotency_key, request_fingerprint,
+                                       status_code, response_body)
+    SELECT $22::text, $23::text, $24::bytea, $27::integer,
+           ($28::bytea[])[1] || coalesce(
                (SELECT string_agg(convert_to(w.positions[s.slot]::text, 'UTF8')
                                   || ($28::bytea[])[s.n + 1], ''::bytea ORDER BY s.n)
                 FROM unnest($29::integer[]) WITH ORDINALITY AS s(slot, n)),
-               ''::bytea) AS body
+               ''::bytea)
     FROM written w
-), stored AS (
-    INSERT INTO idempotency_keys AS k (scope, idempotency_key, request_fingerprint,
-                                       status_code, response_body)
-    SELECT $22::text, $23::text, $24::bytea, $27::integer, r.body
-    FROM response r
     ON CONFLICT (scope, idempotency_key) DO UPDATE
     SET request_fingerprint = EXCLUDED.request_fingerprint,
         status_code = EXCLUDED.status_code,
         response_body = EXCLUDED.response_body,
         created_at = now()
     WHERE k.created_at <= now() - $25::interval
-    RETURNING 1
+    RETURNING true AS stored, k.response_body AS body
 )
 SELECT c.outcome AS r_outcome, c.status_code AS r_status_code, c.body AS r_body,
        NULL::bigint[] AS r_positions
 FROM claim c
 WHERE c.outcome <> 'claimed'
 UNION ALL
-SELECT 'applied', $27::integer, r.body, w.positions
-FROM written w, response r
-WHERE CASE WHEN EXISTS (SELECT FROM stored) THEN true
+SELECT 'applied', $27::integer, s.body, w.positions
+FROM written w LEFT JOIN stored s ON true
+WHERE CASE WHEN s.stored THEN true
            ELSE ledger_raise('a live idempotency record appeared under a held lock') END
 """
 
