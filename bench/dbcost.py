@@ -293,6 +293,17 @@ def variants(schema: Path = CHECKOUT_SCHEMA, reference_schema: Path | None = Non
         )
         against.append(
             Variant(
+                "reference_schema_writes",
+                f"as no_sequencer, on {reference_schema.name} (its ledger_command function)",
+                sequencer=off,
+                schema_file=reference_schema,
+                statement=sql.DBCOST_LEDGER_COMMAND_CALL,
+                parameters=_ledger_command_call,
+                compare_with="no_sequencer",
+            )
+        )
+        against.append(
+            Variant(
                 "reference_schema_keyed",
                 f"as keyed, on {reference_schema.name} (its ledger_command function)",
                 sequencer=off,
