@@ -64,8 +64,20 @@ CREATE INDEX IF NOT EXISTS events_transaction_order ON events (transaction_id, p
 -- ---------------------------------------------------------------------------------------
 CREATE TABLE IF NOT EXISTS ledger_log (
     seq       bigint PRIMARY KEY CHECK (seq >= 1),
-    position  bigint NOT NULL UNIQUE REFERENCES events (position)
+    position  bigint NOT NULL UNIQUE
 );
+
+-- No FOREIGN KEY to events (an earlier schema had one; dropped here so an existing database
+-- loses it too). Its check cost the sequencer a lookup per logged event and, worse, a FOR KEY
+-- SHARE lock on the event's row: a write to that row's tuple header, with its own WAL
+-- record, for every event (docs/benchmarks.md, "Issue 12: the database cost of one apply").
+-- What it guarded is still guarded: the sequencer logs only positions it has just read from
+-- events, and events cannot lose a row (the triggers below; the service role has no DELETE).
+-- A log entry whose event is missing, however it came about, is found by `lending-ledger
+-- verify` (projections/verify_sql.py, LOG_PROBLEMS: "not in the event table") and refused by
+-- every seal (ledger/seal_sql.py: SELECT_LOG_SHAPE counts such entries, SELECT_LEAVES_TO_SEAL
+-- finds no hash for them).
+ALTER TABLE ledger_log DROP CONSTRAINT IF EXISTS ledger_log_position_fkey;
 
 CREATE TABLE IF NOT EXISTS ledger_cursor (
     singleton            boolean PRIMARY KEY DEFAULT true CHECK (singleton),
@@ -375,164 +387,87 @@ $$;
 -- ---------------------------------------------------------------------------------------
 -- One command in one statement (api/service/commands.py; docs/architecture.md, "Commands").
 --
--- Everything one command writes, in the single transaction of one statement: the idempotency
--- claim, the events (already hash-chained by the caller: a new stream starts from the
--- genesis hash, an existing one from the hash the caller read, and UNIQUE (stream_id,
--- stream_version) refuses the append if another writer got there first), the
--- loan_applications row and application_history entries (folded by the caller from the
--- events, projections/applications.py; only the positions are filled in here), and the
--- stored response. The caller learns the outcome from r_outcome:
---
---   'applied'   written; r_positions are the events' positions, r_body the response
---   'replayed'  a live record of (scope, key) with the same fingerprint: nothing written,
---               r_status_code and r_body are the first response
---   'reused'    a live record of (scope, key) for a different request: nothing written
---   'in_flight' another transaction holds the key's lock: nothing written
---
--- The idempotency steps are those of ledger/idempotency.py: look up a live record; else
--- try the key's transaction-scoped advisory lock, never waiting; look up again (the
--- holder may have committed just before); then write, and store the claim together with
--- its response, taking over an expired record as if the key were unused. Only a holder of
--- the lock writes a claim, so the final insert cannot meet a live record.
---
--- The response may depend on the positions (an agent action's answer names its event's
--- position): it comes as a template, p_body_parts with p_body_slots[i] (an index into the
--- events) between part i and part i + 1. Keyless calls leave p_scope and p_key NULL, and
--- the response too: nothing stores it, so the caller renders it after the call.
--- Table names are unqualified, like all projector SQL.
+-- Everything one command writes is one statement, in the single transaction it is: the
+-- events (already hash-chained by the caller: a new stream starts from the genesis hash, an
+-- existing one from the hash the caller read, and UNIQUE (stream_id, stream_version)
+-- refuses the append if another writer got there first), the loan_applications row and
+-- application_history entries, and, with an idempotency key, the claim and its stored
+-- response. The statements are projections/sql.py's RUN_COMMAND and RUN_KEYED_COMMAND,
+-- sent prepared by projections/inline.py. They were the plpgsql function ledger_command,
+-- dropped here: its layer cost a tenth of the database's CPU per apply (docs/benchmarks.md,
+-- "Issue 12: the database cost of one apply").
 -- ---------------------------------------------------------------------------------------
--- The events and the history entries come as one JSON array each, not as parallel arrays:
--- a client library encodes a JSON text at the cost of one string, where it checks every
--- element of every array parameter (asyncpg: about 3 us each, more than the rest of the
--- call's encoding). Binary values travel hex-encoded.
 DROP FUNCTION IF EXISTS ledger_command(
     text, text, bytea, interval, bigint, text, timestamptz, integer[], uuid[], text[],
     integer[], text[], text[], bytea[], bytea[], uuid, text, numeric, numeric, integer,
     numeric, text, text, text, text, timestamptz, text, text, text, text, timestamptz,
     timestamptz, integer[], text[], text[], integer, bytea[], integer[], bytea[]);
-CREATE OR REPLACE FUNCTION ledger_command(
-    p_scope text, p_key text, p_fingerprint bytea, p_retention interval, p_lock bigint,
-    p_stream_id text, p_recorded_at timestamptz,
-    -- [{"stream_version", "event_id", "event_type", "schema_version", "data", "metadata",
-    --   "prev_hash", "hash", "hashed"}, ...] in stream-version order; hashes and `hashed`
-    -- (the canonical bytes the hash covers) in hex
-    p_events json,
-    p_application_id uuid, p_applicant_id text, p_amount numeric, p_income numeric,
-    p_employment_years integer, p_risk_score numeric, p_decision text, p_status text,
-    p_scoring_model text, p_scoring_model_version text, p_created_at timestamptz,
-    p_submitted_by text, p_decided_by text, p_recommended_outcome text, p_reason_codes text,
-    p_in_review_since timestamptz, p_reviewed_at timestamptz,
-    -- [{"stream_version", "event_type", "status", "details"}, ...]
-    p_history json,
-    p_status_code integer, p_body_parts bytea[], p_body_slots integer[]
-) RETURNS TABLE (r_outcome text, r_status_code integer, r_body bytea, r_positions bigint[])
+DROP FUNCTION IF EXISTS ledger_command(
+    text, text, bytea, interval, bigint, text, timestamptz, json, uuid, text, numeric,
+    numeric, integer, numeric, text, text, text, text, timestamptz, text, text, text, text,
+    timestamptz, timestamptz, json, integer, bytea[], integer[]);
+
+-- The idempotency claim of a keyed command, its first step (RUN_KEYED_COMMAND), with the
+-- steps of ledger/idempotency.py: look up a live record of (scope, key); else try the key's
+-- transaction-scoped advisory lock, never waiting; look up again (the holder may have
+-- committed just before). One row: `outcome` is
+--
+--   'replayed'  a live record with the same fingerprint; status_code and body are its response
+--   'reused'    a live record for a different request
+--   'in_flight' another transaction holds the key's lock
+--   'claimed'   none of these: the lock is held, the command may write and store its record,
+--               taking over an expired one as if the key were unused
+--
+-- VOLATILE (the default) matters: in READ COMMITTED each statement of a volatile function
+-- takes a fresh snapshot, so the second look-up sees a holder that committed after the
+-- calling statement's snapshot was taken.
+CREATE OR REPLACE FUNCTION ledger_claim(
+    p_scope text, p_key text, p_fingerprint bytea, p_retention interval, p_lock bigint
+) RETURNS TABLE (outcome text, status_code integer, body bytea)
 LANGUAGE plpgsql AS $$
 DECLARE
     v_fingerprint bytea;
-    v_status_code integer;
-    v_body bytea;
-    v_positions bigint[];
-    v_first integer;
-    v_last integer;
-    v_last_position bigint;
-    i integer;
 BEGIN
-    IF p_key IS NOT NULL THEN
-        FOR i IN 1 .. 2 LOOP
-            SELECT k.request_fingerprint, k.status_code, k.response_body
-            INTO v_fingerprint, v_status_code, v_body
-            FROM idempotency_keys k
-            WHERE k.scope = p_scope AND k.idempotency_key = p_key
-              AND k.created_at > now() - p_retention;
-            IF FOUND THEN
-                IF v_fingerprint = p_fingerprint THEN
-                    RETURN QUERY SELECT 'replayed'::text, v_status_code, v_body, NULL::bigint[];
-                ELSE
-                    RETURN QUERY SELECT 'reused'::text, NULL::integer, NULL::bytea, NULL::bigint[];
-                END IF;
-                RETURN;
-            END IF;
-            IF i = 1 AND NOT pg_try_advisory_xact_lock(p_lock) THEN
-                RETURN QUERY SELECT 'in_flight'::text, NULL::integer, NULL::bytea, NULL::bigint[];
-                RETURN;
-            END IF;
-        END LOOP;
-    END IF;
-
-    -- Rows in stream-version order, so positions increase along the stream.
-    WITH inserted AS (
-        INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
-                            data, metadata, recorded_at, prev_hash, hash, hashed)
-        SELECT p_stream_id, u.stream_version, u.event_id, u.event_type, u.schema_version,
-               u.data, u.metadata, p_recorded_at, decode(u.prev_hash, 'hex'),
-               decode(u.hash, 'hex'), decode(u.hashed, 'hex')
-        FROM json_to_recordset(p_events)
-             AS u(stream_version integer, event_id uuid, event_type text,
-                  schema_version integer, data jsonb, metadata jsonb, prev_hash text,
-                  hash text, hashed text)
-        ORDER BY u.stream_version
-        RETURNING stream_version, position
-    )
-    SELECT array_agg(position ORDER BY stream_version), max(position),
-           min(stream_version), max(stream_version)
-    INTO v_positions, v_last_position, v_first, v_last
-    FROM inserted;
-
-    INSERT INTO loan_applications (
-        application_id, applicant_id, amount, income, employment_years, risk_score, decision,
-        status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
-        last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
-        in_review_since, reviewed_at)
-    VALUES (
-        p_application_id, p_applicant_id, p_amount, p_income, p_employment_years, p_risk_score,
-        p_decision, p_status, p_scoring_model, p_scoring_model_version, p_created_at,
-        p_recorded_at, v_last, v_last_position, p_submitted_by,
-        p_decided_by, p_recommended_outcome, p_reason_codes::jsonb, p_in_review_since,
-        p_reviewed_at)
-    ON CONFLICT (application_id) DO UPDATE SET
-        risk_score = EXCLUDED.risk_score,
-        decision = EXCLUDED.decision,
-        status = EXCLUDED.status,
-        scoring_model = EXCLUDED.scoring_model,
-        scoring_model_version = EXCLUDED.scoring_model_version,
-        updated_at = EXCLUDED.updated_at,
-        stream_version = EXCLUDED.stream_version,
-        last_event_position = EXCLUDED.last_event_position,
-        decided_by = EXCLUDED.decided_by,
-        recommended_outcome = EXCLUDED.recommended_outcome,
-        reason_codes = EXCLUDED.reason_codes,
-        in_review_since = EXCLUDED.in_review_since,
-        reviewed_at = EXCLUDED.reviewed_at;
-
-    INSERT INTO application_history (application_id, stream_version, event_position,
-                                     event_type, status, details, recorded_at)
-    SELECT p_application_id, h.stream_version, v_positions[h.stream_version - v_first + 1],
-           h.event_type, h.status, h.details, p_recorded_at
-    FROM json_to_recordset(p_history)
-         AS h(stream_version integer, event_type text, status text, details jsonb);
-
-    v_body := p_body_parts[1];
-    FOR i IN 1 .. coalesce(cardinality(p_body_slots), 0) LOOP
-        v_body := v_body || convert_to(v_positions[p_body_slots[i]]::text, 'UTF8')
-                  || p_body_parts[i + 1];
-    END LOOP;
-
-    IF p_key IS NOT NULL THEN
-        INSERT INTO idempotency_keys AS k (scope, idempotency_key, request_fingerprint,
-                                           status_code, response_body)
-        VALUES (p_scope, p_key, p_fingerprint, p_status_code, v_body)
-        ON CONFLICT (scope, idempotency_key) DO UPDATE
-        SET request_fingerprint = EXCLUDED.request_fingerprint,
-            status_code = EXCLUDED.status_code,
-            response_body = EXCLUDED.response_body,
-            created_at = now()
-        WHERE k.created_at <= now() - p_retention;
+    -- Written out rather than as a loop: each plpgsql expression is compiled again in every
+    -- transaction, and every command is a transaction of its own.
+    SELECT k.request_fingerprint, k.status_code, k.response_body
+    INTO v_fingerprint, status_code, body
+    FROM idempotency_keys k
+    WHERE k.scope = p_scope AND k.idempotency_key = p_key
+      AND k.created_at > now() - p_retention;
+    IF NOT FOUND THEN
+        IF NOT pg_try_advisory_xact_lock(p_lock) THEN
+            outcome := 'in_flight';
+            RETURN NEXT;
+            RETURN;
+        END IF;
+        SELECT k.request_fingerprint, k.status_code, k.response_body
+        INTO v_fingerprint, status_code, body
+        FROM idempotency_keys k
+        WHERE k.scope = p_scope AND k.idempotency_key = p_key
+          AND k.created_at > now() - p_retention;
         IF NOT FOUND THEN
-            RAISE EXCEPTION 'lending-ledger: a live idempotency record appeared under a held lock';
+            outcome := 'claimed';
+            RETURN NEXT;
+            RETURN;
         END IF;
     END IF;
+    IF v_fingerprint = p_fingerprint THEN
+        outcome := 'replayed';
+    ELSE
+        outcome := 'reused';
+        status_code := NULL;
+        body := NULL;
+    END IF;
+    RETURN NEXT;
+END;
+$$;
 
-    RETURN QUERY SELECT 'applied'::text, p_status_code, v_body, v_positions;
+-- Aborts the calling statement with `message`: for a state a statement must never commit.
+CREATE OR REPLACE FUNCTION ledger_raise(message text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'lending-ledger: %', message;
 END;
 $$;
 

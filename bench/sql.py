@@ -114,3 +114,73 @@ ORDER BY l.seq
 """
 
 LAST_SEQ = "SELECT last_seq FROM ledger_cursor"
+
+# --- The database cost of one apply (bench/dbcost.py) ---
+
+# The command as a call of the plpgsql function ledger_command, which schema.sql had up to
+# commit ad92c85 (bench/dbcost.py: --reference-schema).
+DBCOST_LEDGER_COMMAND_CALL = """
+SELECT r_outcome, r_status_code, r_body, r_positions
+FROM ledger_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+"""
+
+# Runs between the warm-up and the measured calls, so every variant starts from the same
+# state (each page's first change after it is a full-page image in the WAL).
+DBCOST_CHECKPOINT = "CHECKPOINT"
+
+# Has the sequencer's last seal reached its last log entry?
+DBCOST_UNSEALED_ENTRIES_EXIST = """
+SELECT (SELECT last_seq FROM ledger_cursor) > (SELECT coalesce(max(tree_size), 0) FROM seals)
+"""
+
+DBCOST_WAL_POSITION = "SELECT pg_current_wal_insert_lsn()"
+DBCOST_WAL_BYTES_SINCE = "SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1)"
+
+DBCOST_SYNCHRONOUS_COMMIT_OFF = "SET synchronous_commit = off"
+
+# The variants' changes to a scratch database (never to a product database).
+DBCOST_DROP_LEDGER_LOG_FK = (
+    "ALTER TABLE ledger_log DROP CONSTRAINT IF EXISTS ledger_log_position_fkey"
+)
+DBCOST_DROP_EVENT_ID_UNIQUE = "ALTER TABLE events DROP CONSTRAINT events_event_id_key"
+DBCOST_DROP_TRANSACTION_ORDER_INDEX = "DROP INDEX events_transaction_order"
+DBCOST_DROP_APPLICANT_INDEX = "DROP INDEX loan_applications_applicant_newest"
+DBCOST_DROP_REVIEW_INDEXES = """
+DROP INDEX loan_applications_review_pending;
+DROP INDEX loan_applications_review_completed
+"""
+DBCOST_EVENTS_AS_JSON = """
+ALTER TABLE events ALTER COLUMN data TYPE json, ALTER COLUMN metadata TYPE json
+"""
+
+# The tutorial reference's table (CREATE_REFERENCE_TABLE), in a scratch database that also
+# holds the product's schema: in a schema of its own, on the search path of its connections.
+DBCOST_TUTORIAL_SCHEMA = "CREATE SCHEMA IF NOT EXISTS tutorial; SET search_path = tutorial"
+
+
+DBCOST_DROP_EVENT_CHECKS = """
+ALTER TABLE events
+    DROP CONSTRAINT events_stream_id_check,
+    DROP CONSTRAINT events_stream_version_check,
+    DROP CONSTRAINT events_event_type_check,
+    DROP CONSTRAINT events_schema_version_check,
+    DROP CONSTRAINT events_prev_hash_check,
+    DROP CONSTRAINT events_hash_check
+"""
+
+# The same six conditions as one constraint: each constraint is read back from its stored
+# text and planned for every statement that inserts (ExecConstraints), so fewer cost less.
+DBCOST_MERGE_EVENT_CHECKS = """
+ALTER TABLE events
+    DROP CONSTRAINT events_stream_id_check,
+    DROP CONSTRAINT events_stream_version_check,
+    DROP CONSTRAINT events_event_type_check,
+    DROP CONSTRAINT events_schema_version_check,
+    DROP CONSTRAINT events_prev_hash_check,
+    DROP CONSTRAINT events_hash_check,
+    ADD CONSTRAINT events_envelope_check CHECK (
+        length(stream_id) BETWEEN 1 AND 200 AND stream_version >= 1
+        AND length(event_type) BETWEEN 1 AND 200 AND schema_version >= 1
+        AND octet_length(prev_hash) = 32 AND octet_length(hash) = 32)
+"""

@@ -24,9 +24,10 @@ while the other request runs, never a wrong replay: replays are looked up by the
 If the transaction rolls back (the command failed, the client vanished), the claim and the
 lock go with it, and a retry runs afresh.
 
-The command path (api/service/commands.py) runs these same steps inside one statement, the
-`ledger_command` function of schema.sql, where the claim is written together with its
-response; `claim` and `save` are the same protocol for work that needs a conversation.
+The command path (api/service/commands.py) runs these same steps inside one statement
+(projections/sql.py, RUN_KEYED_COMMAND: the `ledger_claim` function of schema.sql, then the
+write), where the claim is written together with its response; `claim` and `save` are the
+same protocol for work that needs a conversation.
 """
 
 from __future__ import annotations

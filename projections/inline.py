@@ -3,10 +3,11 @@ events they are folded from.
 
 The caller has already done everything that needs no database: decided, chained the events
 (ledger/chain.py), folded them into the application's row and history entries with the pure
-fold (projections/applications.py) and rendered the response. `write_command` sends all of
-it to `ledger_command` (schema.sql), which claims the idempotency key, inserts the events,
-writes the row and the entries with the positions the insert assigned, and stores the
-response: one round trip, one transaction. The fold stays the reference: the property
+fold (projections/applications.py) and, with an idempotency key, rendered the response.
+`write_command` sends all of it as one prepared statement (projections/sql.py: RUN_COMMAND,
+or RUN_KEYED_COMMAND, which claims the key first and stores the response), which inserts the
+events and writes the row and the entries with the positions the insert assigned: one round
+trip, one transaction. The fold stays the reference: the property
 tests (tests/integration/test_properties_db.py) hold the rows this path writes equal to
 the fold of the stored events.
 """
@@ -60,8 +61,8 @@ class ResponseTemplate:
 
 @dataclass(frozen=True, slots=True)
 class CommandWrite:
-    """What `ledger_command` answered: `outcome` is `applied`, `replayed`, `reused` or
-    `in_flight` (schema.sql says what each means)."""
+    """What the statement answered: `outcome` is `applied`, `replayed`, `reused` or
+    `in_flight` (projections/sql.py, RUN_KEYED_COMMAND, says what each means)."""
 
     outcome: str
     status_code: int | None
@@ -70,7 +71,7 @@ class CommandWrite:
 
 
 def _events_json(events: Sequence[ChainedEvent]) -> list[dict[str, object]]:
-    """`ledger_command`'s p_events (the connection's json codec encodes it): the data and
+    """The statement's events parameter (the connection's json codec encodes it): the data and
     metadata as the canonical JSON already encoded for the hash (embedded verbatim by
     orjson), binary values in hex."""
     return [
@@ -101,6 +102,43 @@ def _history_json(history: Sequence[HistoryRow]) -> list[dict[str, object]]:
     ]
 
 
+# The names of RUN_COMMAND's parameters, $1 on, and of those RUN_KEYED_COMMAND adds after
+# them (bench/dbcost.py reads the arguments by these names).
+WRITE_PARAMETERS = (
+    "stream_id",
+    "recorded_at",
+    "events",
+    "application_id",
+    "applicant_id",
+    "amount",
+    "income",
+    "employment_years",
+    "risk_score",
+    "decision",
+    "status",
+    "scoring_model",
+    "scoring_model_version",
+    "created_at",
+    "submitted_by",
+    "decided_by",
+    "recommended_outcome",
+    "reason_codes",
+    "in_review_since",
+    "reviewed_at",
+    "history",
+)
+CLAIM_PARAMETERS = (
+    "scope",
+    "key",
+    "fingerprint",
+    "retention",
+    "lock",
+    "status_code",
+    "body_parts",
+    "body_slots",
+)
+
+
 async def write_command(
     connection: Connection,
     claim: IdempotencyClaim | None,
@@ -116,39 +154,44 @@ async def write_command(
     the claim: None without one (the caller renders after the write)."""
     first = events[0].event
     state = row.state
-    try:
-        record = await connection.fetchrow(
-            sql.RUN_COMMAND,
-            claim.scope if claim else None,
-            claim.key if claim else None,
-            claim.fingerprint if claim else None,
-            claim.retention if claim else None,
-            lock_key(claim.scope, claim.key) if claim else None,
-            first.stream_id,
-            first.recorded_at,
-            _events_json(events),
-            state.application_id,
-            state.applicant_id,
-            state.amount,
-            state.income,
-            state.employment_years,
-            state.risk_score,
-            state.decision,
-            state.status,
-            state.scoring_model,
-            state.scoring_model_version,
-            row.created_at,
-            state.submitted_by,
-            state.decided_by,
-            state.recommended_outcome,
-            orjson.dumps(list(state.reason_codes)).decode(),
-            row.in_review_since,
-            row.reviewed_at,
-            _history_json(history),
+    arguments: list[object] = [
+        first.stream_id,
+        first.recorded_at,
+        _events_json(events),
+        state.application_id,
+        state.applicant_id,
+        state.amount,
+        state.income,
+        state.employment_years,
+        state.risk_score,
+        state.decision,
+        state.status,
+        state.scoring_model,
+        state.scoring_model_version,
+        row.created_at,
+        state.submitted_by,
+        state.decided_by,
+        state.recommended_outcome,
+        list(state.reason_codes),  # jsonb: the connection's codec encodes it
+        row.in_review_since,
+        row.reviewed_at,
+        _history_json(history),
+    ]
+    statement = sql.RUN_COMMAND
+    if claim is not None:
+        statement = sql.RUN_KEYED_COMMAND
+        arguments += [
+            claim.scope,
+            claim.key,
+            claim.fingerprint,
+            claim.retention,
+            lock_key(claim.scope, claim.key),
             response.status_code if response else None,
             list(response.parts) if response else None,
             list(response.slots) if response else None,
-        )
+        ]
+    try:
+        record = await connection.fetchrow(statement, *arguments)
     except asyncpg.UniqueViolationError as error:
         if error.constraint_name == "events_stream_version_unique":
             raise ConcurrencyConflict(first.stream_id, expected_version) from None

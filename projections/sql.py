@@ -526,12 +526,135 @@ WHERE e.transaction_id = pg_current_xact_id()
 ORDER BY e.stream_id, e.stream_version
 """
 
-# One command's whole write in one statement: the `ledger_command` function of schema.sql
-# (idempotency claim, events, the rows below, the stored response). See projections/inline.py.
-RUN_COMMAND = """
-SELECT r_outcome, r_status_code, r_body, r_positions
-FROM ledger_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+# --- One command's whole write in one statement (projections/inline.py) ---
+#
+# Data-modifying CTEs: the events, the application's loan_applications row and its
+# application_history entries (folded by the caller, projections/applications.py; only the
+# positions are filled in here). Sent as a prepared statement, not as a call of a plpgsql
+# function: the function's layer (its call, its expressions compiled again in every
+# transaction) cost about 70-90 us of the database's CPU per apply, a tenth of it
+# (docs/benchmarks.md, "Issue 12: the database cost of one apply"). Each data-modifying CTE
+# runs exactly once and to completion, read or not; all of them see the statement's one
+# snapshot, and UNIQUE (stream_id, stream_version) refuses the events if another writer
+# appended first, rolling the whole statement back.
+#
+# Parameters (projections/inline.py, WRITE_PARAMETERS): $1 stream id, $2 recorded at, $3 the
+# events as one JSON array in stream-version order ({stream_version, event_id, event_type,
+# schema_version, data, metadata, prev_hash, hash, hashed}; binary values in hex: one JSON
+# text costs the client one string, where every element of an array parameter is checked),
+# $4 to $20 the row's columns, $21 the history entries as one JSON array ({stream_version,
+# event_type, status, details}). `gate` is defined by each statement: whether to write.
+_COMMAND_WRITE = """
+inserted AS (
+    INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
+                        data, metadata, recorded_at, prev_hash, hash, hashed)
+    SELECT $1::text, u.stream_version, u.event_id, u.event_type, u.schema_version, u.data,
+           u.metadata, $2::timestamptz, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex'),
+           decode(u.hashed, 'hex')
+    FROM gate g, json_to_recordset($3::json)
+         AS u(stream_version integer, event_id uuid, event_type text, schema_version integer,
+              data jsonb, metadata jsonb, prev_hash text, hash text, hashed text)
+    WHERE g.open
+    -- Positions increase along the stream.
+    ORDER BY u.stream_version
+    RETURNING stream_version, position
+), written AS (
+    SELECT array_agg(position ORDER BY stream_version) AS positions,
+           max(position) AS last_position, min(stream_version) AS first_version,
+           max(stream_version) AS last_version
+    FROM inserted
+    HAVING count(*) > 0
+), application AS (
+    INSERT INTO loan_applications (
+        application_id, applicant_id, amount, income, employment_years, risk_score, decision,
+        status, scoring_model, scoring_model_version, created_at, updated_at, stream_version,
+        last_event_position, submitted_by, decided_by, recommended_outcome, reason_codes,
+        in_review_since, reviewed_at)
+    SELECT $4::uuid, $5::text, $6::numeric, $7::numeric, $8::integer, $9::numeric, $10::text,
+           $11::text, $12::text, $13::text, $14::timestamptz, $2::timestamptz,
+           w.last_version, w.last_position, $15::text, $16::text, $17::text, $18::jsonb,
+           $19::timestamptz, $20::timestamptz
+    FROM written w
+    ON CONFLICT (application_id) DO UPDATE SET
+        risk_score = EXCLUDED.risk_score,
+        decision = EXCLUDED.decision,
+        status = EXCLUDED.status,
+        scoring_model = EXCLUDED.scoring_model,
+        scoring_model_version = EXCLUDED.scoring_model_version,
+        updated_at = EXCLUDED.updated_at,
+        stream_version = EXCLUDED.stream_version,
+        last_event_position = EXCLUDED.last_event_position,
+        decided_by = EXCLUDED.decided_by,
+        recommended_outcome = EXCLUDED.recommended_outcome,
+        reason_codes = EXCLUDED.reason_codes,
+        in_review_since = EXCLUDED.in_review_since,
+        reviewed_at = EXCLUDED.reviewed_at
+), history AS (
+    INSERT INTO application_history (application_id, stream_version, event_position,
+                                     event_type, status, details, recorded_at)
+    SELECT $4::uuid, h.stream_version, w.positions[h.stream_version - w.first_version + 1],
+           h.event_type, h.status, h.details, $2::timestamptz
+    FROM written w, json_to_recordset($21::json)
+         AS h(stream_version integer, event_type text, status text, details jsonb)
+)"""
+
+# A command without an idempotency key: write, and return the positions (the caller renders
+# the response from them; nothing stores it).
+RUN_COMMAND = f"""
+WITH gate AS (SELECT true AS open), {_COMMAND_WRITE}
+SELECT 'applied'::text AS r_outcome, NULL::integer AS r_status_code, NULL::bytea AS r_body,
+       w.positions AS r_positions
+FROM written w
+"""
+
+# A command with an idempotency key ($22 scope, $23 key, $24 request fingerprint, $25
+# retention, $26 the key's advisory lock id): `ledger_claim` (schema.sql) runs the steps of
+# ledger/idempotency.py first, and only a claim opens the gate. Then the response is
+# completed with the positions ($28 the template's parts, $29 its slots: ResponseTemplate)
+# and stored with the key and status ($27). The outcome (r_outcome):
+#
+#   'applied'   written; r_positions are the events' positions, r_body the response
+#   'replayed'  a live record of (scope, key) with the same fingerprint: nothing written,
+#               r_status_code and r_body are the first response
+#   'reused'    a live record of (scope, key) for a different request: nothing written
+#   'in_flight' another transaction holds the key's lock: nothing written
+#
+# Only a holder of the key's lock stores a claim, so `stored` cannot meet a live record; if
+# it ever did, ledger_raise (schema.sql) aborts the statement rather than commit events
+# without their record.
+RUN_KEYED_COMMAND = f"""
+WITH claim AS (
+    SELECT c.outcome, c.status_code, c.body
+    FROM ledger_claim($22::text, $23::text, $24::bytea, $25::interval, $26::bigint) AS c
+), gate AS (
+    SELECT outcome = 'claimed' AS open FROM claim
+), {_COMMAND_WRITE}, stored AS (
+    INSERT INTO idempotency_keys AS k (scope, idempotency_key, request_fingerprint,
+                                       status_code, response_body)
+    SELECT $22::text, $23::text, $24::bytea, $27::integer,
+           ($28::bytea[])[1] || coalesce(
+               (SELECT string_agg(convert_to(w.positions[s.slot]::text, 'UTF8')
+                                  || ($28::bytea[])[s.n + 1], ''::bytea ORDER BY s.n)
+                FROM unnest($29::integer[]) WITH ORDINALITY AS s(slot, n)),
+               ''::bytea)
+    FROM written w
+    ON CONFLICT (scope, idempotency_key) DO UPDATE
+    SET request_fingerprint = EXCLUDED.request_fingerprint,
+        status_code = EXCLUDED.status_code,
+        response_body = EXCLUDED.response_body,
+        created_at = now()
+    WHERE k.created_at <= now() - $25::interval
+    RETURNING true AS stored, k.response_body AS body
+)
+SELECT c.outcome AS r_outcome, c.status_code AS r_status_code, c.body AS r_body,
+       NULL::bigint[] AS r_positions
+FROM claim c
+WHERE c.outcome <> 'claimed'
+UNION ALL
+SELECT 'applied', $27::integer, s.body, w.positions
+FROM written w LEFT JOIN stored s ON true
+WHERE CASE WHEN s.stored THEN true
+           ELSE ledger_raise('a live idempotency record appeared under a held lock') END
 """
 
 # GET /lending/applicants/{id}/history, rendered by PostgreSQL: the response's bytes, exactly

@@ -892,7 +892,7 @@ async def _check_log_and_triggers(connection: Connection, report: VerifyReport) 
                     None,
                     problem["position"],
                     f"seq {seq} names position {problem['position']}, which is not in the "
-                    "event table (the event was deleted)",
+                    "event table (the event was deleted, or the entry was written for none)",
                 )
             )
         if problem["out_of_order"]:

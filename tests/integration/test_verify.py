@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from api.cli.main import main
 from ledger.canonical import GENESIS_HASH
 from ledger.chain import hash_of_event
+from ledger.errors import LedgerIntegrityError
 from ledger.events import RecordedEvent
 from ledger.integrity import (
     EXPECTED_TRIGGERS,
@@ -39,7 +40,7 @@ from ledger.integrity import (
     stored_envelope_bytes,
     stored_envelope_hash,
 )
-from ledger.schema import schema_sql
+from ledger.schema import apply_schema, schema_sql
 from ledger.seals import create_seal
 from ledger.signing import SigningKey, public_key_pem
 from projections.verify import stream_ranges
@@ -414,6 +415,63 @@ async def test_a_deleted_last_event_is_named_by_the_log(
     assert missing["position"] == last
     assert "not in the event table" in missing["detail"]
     assert any(f["stream_id"] == stream.stream_id for f in findings_of(report, "read_model"))
+
+
+async def test_a_log_entry_naming_no_event_is_named_and_never_sealed(
+    ledger: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the ledger log's FOREIGN KEY to events refused before schema.sql dropped it
+    (docs/benchmarks.md, "Issue 12: the database cost of one apply"): without it the insert
+    goes through, even as the service, but verify names the entry and no seal covers it."""
+    connection = await asyncpg.connect(ledger)
+    try:
+        async with connection.transaction():
+            await connection.execute("SET LOCAL ROLE lending_ledger_app")
+            nowhere = await connection.fetchval("SELECT max(position) + 1000 FROM events")
+            seq = await connection.fetchval(
+                "INSERT INTO ledger_log (seq, position) "
+                "SELECT max(seq) + 1, $1 FROM ledger_log RETURNING seq",
+                nowhere,
+            )
+            await connection.execute("UPDATE ledger_cursor SET last_seq = $1", seq)
+        # Both ways a sealer checks: the whole log at once, and row by row as it builds.
+        for whole_log, refusal in ((True, "no longer exist"), (False, f"{nowhere} .* missing")):
+            with pytest.raises(LedgerIntegrityError, match=refusal):
+                async with connection.transaction():
+                    await create_seal(
+                        connection,
+                        SigningKey.generate(),
+                        lambda: datetime.now(UTC),
+                        check_whole_log=whole_log,
+                    )
+    finally:
+        await connection.close()
+    code, report = await verify_json(ledger, monkeypatch)
+    assert code == 1
+    [dangling] = findings_of(report, "log")
+    assert dangling["position"] == nowhere
+    assert "not in the event table" in dangling["detail"]
+    assert findings_of(report, "chain") == []
+
+
+async def test_the_schema_drops_the_ledger_log_foreign_key_of_an_older_database(
+    make_database: MakeDatabase,
+) -> None:
+    connection = await asyncpg.connect(await make_database())
+    try:
+        await connection.execute(
+            "ALTER TABLE ledger_log ADD CONSTRAINT ledger_log_position_fkey "
+            "FOREIGN KEY (position) REFERENCES events (position)"
+        )
+        for _ in range(2):  # idempotent
+            await apply_schema(connection)
+            foreign_keys = await connection.fetchval(
+                "SELECT count(*) FROM pg_constraint "
+                "WHERE conrelid = 'ledger_log'::regclass AND contype = 'f'"
+            )
+            assert foreign_keys == 0
+    finally:
+        await connection.close()
 
 
 async def test_reordered_or_deleted_log_entries_are_named(

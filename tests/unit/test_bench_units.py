@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from bench.cli import build_parser, config_from
 from bench.config import PHASES, BenchConfig
+from bench.dbcost import Measurement, Options, captured_arguments, fresh_call, report
 from bench.lag import LagObservations, sequencer_lags
 from bench.loadgen import http_request, read_response, split_clients
 from bench.reference_app import ratio_score
@@ -36,6 +37,10 @@ from bench.stats import (
     result_document,
     targets,
 )
+from bench.workload import apply_bodies
+from ledger.idempotency import lock_key
+from ledger.scoring import get_model
+from projections.inline import CLAIM_PARAMETERS, WRITE_PARAMETERS
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -418,3 +423,47 @@ def test_the_tutorial_score_is_the_ratio_score_in_decimal() -> None:
     assert ratio_score(Decimal(10000), Decimal(8000), 0) == (Decimal("80.00"), "approved")
     assert ratio_score(Decimal("30000.50"), Decimal(20000), 3) == (Decimal("81.67"), "approved")
     assert ratio_score(Decimal(50000), Decimal(30000), 2) == (Decimal("70.00"), "review")
+
+
+# --- bench/dbcost.py: the database cost of one apply ---
+
+
+async def test_dbcost_captures_the_services_arguments_and_renames_every_id() -> None:
+    """The calls are the service's own (projections/inline.py's parameters, in order), and
+    each fresh call is a new application: no id of the template survives anywhere, not in
+    the JSON, the stream id or the canonical bytes in hex."""
+    [body] = apply_bodies(1, seed=3)
+    for keyed in (False, True):
+        template = await captured_arguments(body, get_model("ratio-v1"), keyed=keyed)
+        assert tuple(template) == WRITE_PARAMETERS + (CLAIM_PARAMETERS if keyed else ())
+        events = orjson.loads(bytes(template["events"]))
+        old_ids = [str(template["application_id"]), *(e["event_id"] for e in events)]
+        assert old_ids[0].encode().hex() in events[0]["hashed"]
+        call = fresh_call(template)
+        rendered = repr(call).encode() + b"".join(
+            bytes(v) for v in call.values() if isinstance(v, bytes)
+        )
+        for old in old_ids:
+            assert old.encode() not in rendered
+            assert old.encode().hex().encode() not in rendered
+        assert call["stream_id"].endswith(str(call["application_id"]))
+        if keyed:
+            assert call["key"] != template["key"]
+            assert call["lock"] == lock_key(call["scope"], call["key"])
+
+
+def test_dbcost_reports_each_variant_against_its_reference_in_the_same_window() -> None:
+    options = Options(clients=2, calls=1000, rounds=2)
+    for round_number, (reference_cpu, variant_cpu) in enumerate(((0.9, 0.8), (0.7, 0.65)), 1):
+        for name, cpu in (("no_sequencer", reference_cpu), ("no_history", variant_cpu)):
+            options.results.append(
+                Measurement(
+                    name, "no_sequencer/no_history", round_number, 1000, cpu, 0.0, 0.01, 7000
+                )
+            )
+    lines = report(options, 1.0, 2.0).splitlines()
+    [line] = [line for line in lines if line.startswith("| no_history ")]
+    # Medians over the rounds: 725 us per call; the differences were -100 and -50 us.
+    assert "| 725 |" in line
+    assert "-75 (-100, -50) against no_sequencer" in line
+    assert "| 7000 |" in line
