@@ -309,7 +309,8 @@ def unfoldable_streams(source: str) -> str:
     type, a decimal not in the form `str(Decimal)` writes back, an ApplicationSubmitted
     anywhere but version 1 or naming another application, versions that do not run 1..n,
     or a stream id without a uuid. The Python fold takes those (and names the event it
-    cannot fold)."""
+    cannot fold). A missing field makes its check NULL, not false, and bool_and skips
+    NULLs: hence the coalesce, without which such a stream would pass."""
     return f"""
 SELECT coalesce(array_agg(t.stream_id), '{{}}')
 FROM (
@@ -318,9 +319,9 @@ FROM (
     WHERE starts_with(e.stream_id, $1) AND ({source})
     GROUP BY e.stream_id
     HAVING NOT (
-        bool_and(
+        bool_and(coalesce(
             (e.event_type = 'ApplicationSubmitted') = (e.stream_version = 1)
-            AND ({_event_checks()}))
+            AND ({_event_checks()}), false))
         AND min(e.stream_version) = 1 AND max(e.stream_version) = count(*)
         AND {_canonical_uuid("substr(e.stream_id, length($1) + 1)")})
 ) t
