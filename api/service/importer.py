@@ -22,6 +22,8 @@ SHA-256 and the line number) and imports the rest.
 Both passes parse (pydantic, per line), and the second also scores, decides and hashes:
 that is most of an import's CPU, so for a large file both run in worker processes (one per
 core), on chunks of lines, while this process reads the file and writes to the database.
+The second pass's workers also encode the events as binary COPY rows (ledger/copyformat.py),
+so a chunk comes back as one `bytes` object that this process sends as it is.
 """
 
 from __future__ import annotations
