@@ -309,7 +309,8 @@ def unfoldable_streams(source: str) -> str:
     type, a decimal not in the form `str(Decimal)` writes back, an ApplicationSubmitted
     anywhere but version 1 or naming another application, versions that do not run 1..n,
     or a stream id without a uuid. The Python fold takes those (and names the event it
-    cannot fold)."""
+    cannot fold). A missing field makes its check NULL, not false, and bool_and skips
+    NULLs: hence the coalesce, without which such a stream would pass."""
     return f"""
 SELECT coalesce(array_agg(t.stream_id), '{{}}')
 FROM (
@@ -318,9 +319,9 @@ FROM (
     WHERE starts_with(e.stream_id, $1) AND ({source})
     GROUP BY e.stream_id
     HAVING NOT (
-        bool_and(
+        bool_and(coalesce(
             (e.event_type = 'ApplicationSubmitted') = (e.stream_version = 1)
-            AND ({_event_checks()}))
+            AND ({_event_checks()}), false))
         AND min(e.stream_version) = 1 AND max(e.stream_version) = count(*)
         AND {_canonical_uuid("substr(e.stream_id, length($1) + 1)")})
 ) t
@@ -461,7 +462,12 @@ INSERT INTO loan_applications ({APPLICATION_COLUMNS})
 
 def fold_applications_differences(source: str, left: str) -> str:
     """verify: the application ids whose stored rows (either table) differ from the fold,
-    in both directions (a row missing, extra or different). Read-only: nothing is written."""
+    in both directions (a row missing, extra or different). Read-only: nothing is written.
+
+    Each table is compared by one hash full join on its key (a row on one side only, or
+    both with any column distinct, NULLs equal as EXCEPT treats them); the keys are unique
+    on both sides (primary keys; one folded row per stream and per event), so this finds
+    exactly what `EXCEPT ALL` both ways found, hashing each side once instead of twice."""
     return f"""
 WITH steps AS MATERIALIZED ({_fold_steps(source, left)}),
 folded_applications AS ({_APPLICATION_ROWS}),
@@ -476,17 +482,16 @@ stored_history AS (
 )
 SELECT coalesce(array_agg(DISTINCT d.application_id), '{{}}')
 FROM (
-    (SELECT application_id FROM (SELECT * FROM folded_applications
-                                 EXCEPT ALL SELECT * FROM stored_applications) x)
+    SELECT coalesce(f.application_id, s.application_id) AS application_id
+    FROM folded_applications f
+    FULL JOIN stored_applications s ON s.application_id = f.application_id
+    WHERE ROW(f.*) IS DISTINCT FROM ROW(s.*)
     UNION ALL
-    (SELECT application_id FROM (SELECT * FROM stored_applications
-                                 EXCEPT ALL SELECT * FROM folded_applications) x)
-    UNION ALL
-    (SELECT application_id FROM (SELECT * FROM folded_history
-                                 EXCEPT ALL SELECT * FROM stored_history) x)
-    UNION ALL
-    (SELECT application_id FROM (SELECT * FROM stored_history
-                                 EXCEPT ALL SELECT * FROM folded_history) x)
+    SELECT coalesce(f.application_id, s.application_id)
+    FROM folded_history f
+    FULL JOIN stored_history s
+        ON s.application_id = f.application_id AND s.stream_version = f.stream_version
+    WHERE ROW(f.*) IS DISTINCT FROM ROW(s.*)
 ) d
 """
 

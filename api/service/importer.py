@@ -22,6 +22,8 @@ SHA-256 and the line number) and imports the rest.
 Both passes parse (pydantic, per line), and the second also scores, decides and hashes:
 that is most of an import's CPU, so for a large file both run in worker processes (one per
 core), on chunks of lines, while this process reads the file and writes to the database.
+The second pass's workers also encode the events as binary COPY rows (ledger/copyformat.py),
+so a chunk comes back as one `bytes` object that this process sends as it is.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import asyncpg
-import orjson
 from pydantic import ValidationError
 
 from api.jsonio import loads_exact
@@ -56,7 +57,8 @@ from ledger.bulk import (
     parse_submitted_at,
 )
 from ledger.canonical import GENESIS_HASH
-from ledger.chain import chain_new_events_hashed
+from ledger.chain import ChainedEvent, chain_new_events_encoded
+from ledger.copyformat import HEADER, TRAILER, event_row
 from ledger.db import Connection, connect_for_copy
 from ledger.errors import ConcurrencyConflict
 from ledger.events import RecordedEvent
@@ -175,9 +177,9 @@ def chained_application(
     model: ScoringModel,
     actor: str,
     now: datetime,
-) -> tuple[list[RecordedEvent], list[bytes]]:
+) -> list[ChainedEvent]:
     """The events `POST /lending/apply` would record for this line, chained (position 0),
-    with the canonical bytes each hash covers."""
+    with the canonical bytes each hash covers and the JSON of their data and metadata."""
     request = parsed.request
     command = SubmitApplication(
         application_id=application_id_for(file_digest, parsed.line_number),
@@ -194,7 +196,7 @@ def chained_application(
         idempotency_key=None,
         fingerprint=b"",
     )
-    return chain_new_events_hashed(
+    return chain_new_events_encoded(
         stream_id_for(command.application_id),
         0,
         GENESIS_HASH,
@@ -211,40 +213,67 @@ def application_events(
     now: datetime,
 ) -> list[RecordedEvent]:
     """The events `POST /lending/apply` would record for this line, chained (position 0)."""
-    return chained_application(parsed, file_digest, model, actor, now)[0]
+    return [c.event for c in chained_application(parsed, file_digest, model, actor, now)]
 
 
-CopyRecord = tuple[Any, ...]
-"""One event as the COPY into `events` takes it (ledger.sql.COPY_EVENT_COLUMNS); data and
-metadata as JSON bytes."""
-
-
-def application_records(
+def application_rows(
     parsed: ParsedLine,
     file_digest: bytes,
     model: ScoringModel,
     actor: str,
     now: datetime,
-) -> list[CopyRecord]:
-    """`application_events` as COPY records, with the canonical bytes each hash covers."""
-    events, hashed = chained_application(parsed, file_digest, model, actor, now)
-    dumps = orjson.dumps
-    return [
-        (
-            e.stream_id,
-            e.stream_version,
-            e.event_id,
-            e.event_type,
-            e.schema_version,
-            dumps(e.data),
-            dumps(e.metadata),
-            e.recorded_at,
-            e.prev_hash,
-            e.hash,
-            encoded,
+) -> tuple[str, int, bytes]:
+    """`application_events` as rows of the event table in COPY's binary form (with the
+    canonical bytes each hash covers): (stream id, events, rows)."""
+    chained = chained_application(parsed, file_digest, model, actor, now)
+    rows = b"".join(
+        event_row(
+            c.event.stream_id,
+            c.event.stream_version,
+            c.event.event_id,
+            c.event.event_type,
+            c.event.schema_version,
+            c.data_json,
+            c.metadata_json,
+            c.event.recorded_at,
+            c.event.prev_hash,
+            c.event.hash,
+            c.hashed,
         )
-        for e, encoded in zip(events, hashed, strict=True)
-    ]
+        for c in chained
+    )
+    return chained[0].event.stream_id, len(chained), rows
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedChunk:
+    """Applications ready to write: their events as one run of binary COPY rows (what a
+    worker process hands back: a few objects to pickle, not a tuple per event).
+    Application n's rows are rows[ends[n - 1]:ends[n]] (from 0 for the first)."""
+
+    stream_ids: list[str]
+    events: list[int]
+    ends: list[int]
+    rows: bytes
+
+    def __len__(self) -> int:
+        return len(self.stream_ids)
+
+    def start(self, n: int) -> int:
+        return self.ends[n - 1] if n else 0
+
+    def split(self, n: int) -> tuple[PreparedChunk, PreparedChunk]:
+        """The first n applications, and the rest."""
+        cut = self.start(n)
+        return (
+            PreparedChunk(self.stream_ids[:n], self.events[:n], self.ends[:n], self.rows[:cut]),
+            PreparedChunk(
+                self.stream_ids[n:],
+                self.events[n:],
+                [end - cut for end in self.ends[n:]],
+                self.rows[cut:],
+            ),
+        )
 
 
 Lines = list[tuple[int, bytes]]
@@ -272,17 +301,26 @@ def prepare_lines(
     model: ScoringModel,
     actor: str,
     not_after: datetime,
-) -> list[list[CopyRecord]]:
-    """A chunk of the second pass: each line's events as COPY records."""
-    prepared = []
+) -> PreparedChunk:
+    """A chunk of the second pass: each line's events as binary COPY rows."""
+    stream_ids: list[str] = []
+    events: list[int] = []
+    ends: list[int] = []
+    rows: list[bytes] = []
+    end = 0
     for line_number, raw in lines:
         try:
             parsed = parse_line(raw, line_number, not_after)
         except LineRefused as refused:
             raise FileChanged(f"line {line_number} is refused now: {refused}") from None
         now = datetime.now(UTC)
-        prepared.append(application_records(parsed, file_digest, model, actor, now))
-    return prepared
+        stream_id, count, encoded = application_rows(parsed, file_digest, model, actor, now)
+        stream_ids.append(stream_id)
+        events.append(count)
+        end += len(encoded)
+        ends.append(end)
+        rows.append(encoded)
+    return PreparedChunk(stream_ids, events, ends, b"".join(rows))
 
 
 def _chunks(file: BinaryIO, digest: Any, size: int) -> Iterator[Lines]:
@@ -363,24 +401,59 @@ class BatchWritten:
     already_present: int
 
 
-async def write_batch(connection: Connection, applications: list[list[CopyRecord]]) -> BatchWritten:
-    """One transaction: the batch's events by COPY (skipping applications already
+async def write_batch(connection: Connection, chunks: list[PreparedChunk]) -> BatchWritten:
+    """One transaction: the batch's events by binary COPY (skipping applications already
     recorded), then the read models of those new streams, set-based."""
-    stream_ids = [records[0][0] for records in applications]
+    stream_ids = [stream_id for chunk in chunks for stream_id in chunk.stream_ids]
     async with connection.transaction():
         present = await existing_streams(connection, stream_ids)
-        records = [r for app in applications if app[0][0] not in present for r in app]
-        if records:
+        parts = [HEADER]
+        events = 0
+        for chunk in chunks:
+            if present.isdisjoint(chunk.stream_ids):
+                parts.append(chunk.rows)
+                events += sum(chunk.events)
+                continue
+            for n, stream_id in enumerate(chunk.stream_ids):
+                if stream_id not in present:
+                    parts.append(chunk.rows[chunk.start(n) : chunk.ends[n]])
+                    events += chunk.events[n]
+        parts.append(TRAILER)
+        if events:
+
+            async def source() -> AsyncIterator[bytes]:
+                for part in parts:
+                    yield part
+
             try:
-                await connection.copy_records_to_table(
-                    "events", records=records, columns=COPY_EVENT_COLUMNS
+                await connection.copy_to_table(
+                    "events", source=source(), columns=COPY_EVENT_COLUMNS, format="binary"
                 )
             except asyncpg.UniqueViolationError as error:
                 if error.constraint_name == "events_stream_version_unique":
                     raise ConcurrencyConflict(conflicting_stream(error), 0) from None
                 raise
             await project_new_streams(connection)
-    return BatchWritten(len(applications) - len(present), len(records), len(present))
+    return BatchWritten(len(stream_ids) - len(present), events, len(present))
+
+
+def _cut_batches(
+    pending: list[PreparedChunk], size: int
+) -> tuple[list[list[PreparedChunk]], list[PreparedChunk]]:
+    """Whole batches of `size` applications cut from `pending` (a chunk is split where a
+    batch ends), and the chunks left over for the next batch."""
+    batches: list[list[PreparedChunk]] = []
+    batch: list[PreparedChunk] = []
+    count = 0
+    for chunk in pending:
+        while count + len(chunk) >= size:
+            head, chunk = chunk.split(size - count)
+            batches.append([*batch, head])
+            batch, count = [], 0
+        if len(chunk):
+            batch.append(chunk)
+            count += len(chunk)
+    return batches, batch
 
 
 async def import_checked_file(
@@ -398,12 +471,19 @@ async def import_checked_file(
     """The second pass over a file whose check found no refused line.
 
     Returns (applications recorded, events recorded, applications already present).
-    Chunks are prepared (parsed, decided, hashed) in the executor's worker processes while
-    this process writes the batch before: the database's work overlaps with theirs.
+    Chunks are prepared (parsed, decided, hashed, encoded as COPY rows) in the executor's
+    worker processes while this process writes the batch before: the database's work
+    overlaps with theirs.
     """
     digest = hashlib.sha256()
     written: list[BatchWritten] = []
-    batch: list[list[CopyRecord]] = []
+    pending: list[PreparedChunk] = []
+
+    async def write(batch: list[PreparedChunk]) -> None:
+        written.append(await write_batch(connection, batch))
+        if progress is not None:
+            progress(written[-1].applications + written[-1].already_present)
+
     with path.open("rb") as file:
         async for prepared in _in_order(
             executor,
@@ -414,16 +494,11 @@ async def import_checked_file(
             actor,
             not_after,
         ):
-            batch.extend(prepared)
-            if len(batch) >= batch_size:
-                written.append(await write_batch(connection, batch))
-                batch = []
-                if progress is not None:
-                    progress(written[-1].applications + written[-1].already_present)
-        if batch:
-            written.append(await write_batch(connection, batch))
-            if progress is not None:
-                progress(written[-1].applications + written[-1].already_present)
+            batches, pending = _cut_batches([*pending, prepared], max(1, batch_size))
+            for batch in batches:
+                await write(batch)
+        if pending:
+            await write(pending)
     if digest.digest() != check.digest:
         raise FileChanged("the file changed while it was being imported")
     return (

@@ -5,10 +5,12 @@ their numbers and nothing is imported; importing the same file twice records not
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import uuid
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -20,15 +22,23 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from api.cli.main import main
-from api.service.importer import application_events, check_file, import_file, parse_line
+from api.service.importer import (
+    application_events,
+    chained_application,
+    check_file,
+    import_file,
+    parse_line,
+)
 from api.service.settings import Settings
 from api.web.app import create_app
 from ledger.bulk import application_id_for, correlation_id_for, parse_submitted_at
 from ledger.chain import verify_stream
-from ledger.db import connect
+from ledger.copyformat import HEADER, TRAILER, event_row
+from ledger.db import connect, connect_for_copy
 from ledger.errors import ConcurrencyConflict
 from ledger.events import RecordedEvent
 from ledger.scoring import RATIO_V1
+from ledger.sql import COPY_EVENT_COLUMNS
 from ledger.store import append_new_streams
 from projections.applications import ApplicationRow
 from projections.queries import all_applications, applicant_history
@@ -383,3 +393,76 @@ async def test_a_stream_begun_meanwhile_is_a_conflict_naming_it(fresh_url: str) 
         assert conflict.value.stream_id == events[0].stream_id
     finally:
         await connection.close()
+
+
+class _RollBack(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "recorded_at",
+    [
+        datetime(2026, 12, 2, 10, 46, 37, 482708, tzinfo=UTC),
+        datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone(timedelta(hours=-5))),
+        datetime(1970, 1, 1, tzinfo=UTC),
+    ],
+)
+async def test_binary_copy_rows_store_what_asyncpg_would(
+    fresh_url: str, recorded_at: datetime
+) -> None:
+    """The import's workers write the event table's COPY rows themselves
+    (ledger.copyformat); the stored rows are those asyncpg's own encoders give the same
+    values, times before 2000 and outside UTC included."""
+    line = {"applicant_id": "cust_7", "amount": "12.5", "income": 900, "employment_years": 3}
+    parsed = parse_line(orjson.dumps(line), 7, datetime.now(UTC))
+    chained = chained_application(parsed, bytes(32), RATIO_V1, "actor-ü", recorded_at)
+    records = [
+        (
+            c.event.stream_id,
+            c.event.stream_version,
+            c.event.event_id,
+            c.event.event_type,
+            c.event.schema_version,
+            c.data_json,
+            c.metadata_json,
+            c.event.recorded_at,
+            c.event.prev_hash,
+            c.event.hash,
+            c.hashed,
+        )
+        for c in chained
+    ]
+    read_back = (
+        f"SELECT {', '.join(COPY_EVENT_COLUMNS)} FROM events WHERE stream_id = $1 "
+        "ORDER BY stream_version"
+    )
+    connection = await connect_for_copy(fresh_url)
+    stored: list[list[tuple[Any, ...]]] = []
+
+    async def store(write: Callable[[], Awaitable[object]]) -> None:
+        """Write, read the rows back, roll back (the next write stores the same ids)."""
+        with contextlib.suppress(_RollBack):
+            async with connection.transaction():
+                await write()
+                rows = await connection.fetch(read_back, chained[0].event.stream_id)
+                stored.append([tuple(row) for row in rows])
+                raise _RollBack
+
+    try:
+        await store(
+            lambda: connection.copy_records_to_table(
+                "events", records=records, columns=COPY_EVENT_COLUMNS
+            )
+        )
+        await store(
+            lambda: connection.copy_to_table(
+                "events",
+                source=io.BytesIO(HEADER + b"".join(event_row(*r) for r in records) + TRAILER),
+                columns=COPY_EVENT_COLUMNS,
+                format="binary",
+            )
+        )
+    finally:
+        await connection.close()
+    assert len(stored[0]) == 3
+    assert stored[1] == stored[0]

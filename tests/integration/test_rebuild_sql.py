@@ -246,3 +246,31 @@ async def test_the_sql_leaves_unusual_data_to_the_python_fold(ledger: Connection
     await rebuild(ledger, APPLICATIONS)
     await assert_read_models_equal_the_fold(ledger)
     assert len(await all_events(ledger)) >= 1
+
+
+async def test_a_missing_field_leaves_the_stream_to_the_python_fold(ledger: Connection) -> None:
+    """A field's check on a missing field is NULL, not false; the stream must still be left
+    to Python (whose decoder refuses it), never folded by the SQL with a NULL in its row."""
+    submitted = (
+        "ApplicationSubmitted",
+        2,
+        {
+            "applicant_id": "cust_missing",
+            "amount": "100.00",
+            "income": "900.00",
+            "employment_years": 2,
+            "submitted_by": "x",
+        },
+    )
+    decided = {"decision": "review", "decided_by": "rules", "rule": "r"}
+    without = {key: value for key, value in decided.items() if key != "decided_by"}
+    broken = recorded([submitted, ("ApplicationDecided", 1, without)], [0])
+    whole = recorded([submitted, ("ApplicationDecided", 1, decided)], [0])
+    async with ledger.transaction():
+        await append_new_streams(ledger, [*broken, *whole])
+    await sequence_all(ledger)
+    cursor = await ledger.fetchrow(sql.SELECT_CURSOR)
+    assert cursor is not None
+    left = await ledger.fetchval(sql.UNFOLDABLE_IN_LOG, STREAM_PREFIX, cursor[0], cursor[1], 1, 0)
+    assert broken[0].stream_id in left
+    assert whole[0].stream_id not in left
