@@ -7,6 +7,7 @@ witness directory show a seal rewritten or removed in the database."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -28,6 +29,7 @@ from ledger.chain import hash_and_bytes, hash_of_event
 from ledger.db import create_pool
 from ledger.events import RecordedEvent
 from ledger.seals import Seal, latest_seal, sign_seal
+from ledger.sequencer import SequencerSettings
 from ledger.signing import SigningKey, load_or_create_signing_key, public_key_pem
 from ledger.witness import (
     WITNESS,
@@ -55,7 +57,9 @@ class Sealing:
 
 
 @asynccontextmanager
-async def sealing_service(url: str, tmp_path: Path) -> AsyncIterator[Sealing]:
+async def sealing_service(
+    url: str, tmp_path: Path, sequencer: SequencerSettings = FAST_SEQUENCER
+) -> AsyncIterator[Sealing]:
     """The app with the defaults this issue is about: the sequencer seals each batch (at
     most once a second) and every seal is witnessed; no background sealer."""
     key_file, witness = tmp_path / "seal-signing-key.pem", tmp_path / "witness"
@@ -65,7 +69,7 @@ async def sealing_service(url: str, tmp_path: Path) -> AsyncIterator[Sealing]:
         app_env="test", signing_key_file=key_file, seal_interval_seconds=0, witness_dir=witness
     )
     assert settings.batch_seal_interval_ms == 1000  # the default: on
-    app = create_app(settings, database_url=url, sequencer_settings=FAST_SEQUENCER)
+    app = create_app(settings, database_url=url, sequencer_settings=sequencer)
     async with await create_pool(url, min_size=1, max_size=4) as pool, lifespan_in_own_task(app):
         await app.state.service.wait_ready(30)
         transport = httpx.ASGITransport(app=app)
@@ -200,7 +204,11 @@ async def test_a_forged_recent_event_is_named_once_the_sequencers_seal_covers_it
 async def test_sealing_refuses_after_a_sealed_event_is_deleted(
     make_database: MakeDatabase, tmp_path: Path, also_the_log_row: bool
 ) -> None:
-    async with sealing_service(await make_database(), tmp_path) as service:
+    # The sequencer checks the whole log (and so sees sealed rows gone) on its first seal
+    # and then once a minute; checking on every seal here makes "the sequencer refused
+    # too" hold whenever its next seal lands, not only when it lands after the check below.
+    every_seal_checks = dataclasses.replace(FAST_SEQUENCER, full_check_interval=0)
+    async with sealing_service(await make_database(), tmp_path, every_seal_checks) as service:
         await apply(service, 4)
         await wait_until_sealed(service)
         await apply(service, 2)  # a later seal, so the deleted event is not in the latest's
