@@ -124,6 +124,11 @@ class Sequencer:
         self.seal_seconds: list[float] = []
         """Duration of each of the last seals this sequencer took (for measurements)."""
 
+    @property
+    def dsn(self) -> str:
+        """The URL it connects with (the direct one, behind a pooler)."""
+        return self._dsn
+
     async def run(self) -> None:
         """Run until cancelled. Connection failures are logged and retried, never raised."""
         while True:

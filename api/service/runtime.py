@@ -40,6 +40,9 @@ from ledger.witness import witness_for
 logger = logging.getLogger(__name__)
 
 
+_THREAD_STOP_SECONDS = 10.0
+
+
 async def run_in_own_loop(work: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run `work()` on an event loop of its own in a thread, until it ends or this coroutine
     is cancelled (which cancels it there and waits for it).
@@ -49,21 +52,37 @@ async def run_in_own_loop(work: Callable[[], Coroutine[Any, Any, None]]) -> None
     of milliseconds for its `seq`. Its own loop resumes it as soon as the GIL allows."""
     loop = asyncio.new_event_loop()
     task = loop.create_task(work())
+    caller = asyncio.get_running_loop()
+    stopped = asyncio.Event()
 
     def run() -> None:
-        with contextlib.suppress(asyncio.CancelledError):
-            loop.run_until_complete(task)
+        try:
+            with contextlib.suppress(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        finally:
+            with contextlib.suppress(RuntimeError):  # the caller's loop is already closed
+                caller.call_soon_threadsafe(stopped.set)
 
     thread = threading.Thread(target=run, name="ledger-sequencer", daemon=True)
     thread.start()
+    # Awaited as an event, not joined from an executor thread: a join left waiting in the
+    # default executor, if the work ever failed to stop, hung this loop's own shutdown
+    # (which waits for its executor), as a test session's teardown once did.
     try:
-        await asyncio.shield(asyncio.to_thread(thread.join))
+        await stopped.wait()
     finally:
-        if thread.is_alive():
+        if not stopped.is_set():
             loop.call_soon_threadsafe(task.cancel)
-            await asyncio.to_thread(thread.join, 10)
-        if not thread.is_alive():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopped.wait(), _THREAD_STOP_SECONDS)
+        if stopped.is_set():
             loop.close()
+        else:
+            logger.warning(
+                "the sequencer's thread did not stop within %.0f s of its cancellation; "
+                "left to end with the process",
+                _THREAD_STOP_SECONDS,
+            )
 
 
 class LedgerService:

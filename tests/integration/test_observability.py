@@ -30,6 +30,7 @@ from api.web.app import create_app
 from api.web.tracing import CORRELATION_ATTRIBUTE, make_provider, tracing_enabled, uninstrument
 from ledger.db import connect
 from ledger.log_status import LagObserver, LogStatus, read_log_status
+from ledger.sequencer import APPLICATION_NAME as SEQUENCER_APPLICATION_NAME
 from ledger.sequencer import LEADERSHIP_LOCK_KEY
 from tests.conftest import FAST_SEQUENCER, MakeDatabase, new_applicant
 from tests.support.helpers import assert_problem
@@ -469,11 +470,15 @@ async def test_without_a_statement_cache_and_with_a_direct_url_the_service_works
             while (await read_log_status(connection)).log_head < 3:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.05)
-            # The sequencer and the listener use the direct URL.
+            # The listener and the sequencer use the direct URL; the sequencer names its own
+            # sessions (ledger/sequencer.py), so its URL is checked where it is given.
             names = await connection.fetch(
                 "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()"
             )
-            assert sum(row["application_name"] == "ledger-direct" for row in names) >= 2
+            assert "ledger-direct" in {row["application_name"] for row in names}
+            assert SEQUENCER_APPLICATION_NAME in {row["application_name"] for row in names}
+            assert service.sequencer is not None
+            assert service.sequencer.dsn == service.direct_database_url
         finally:
             await connection.close()
         assert (await http.get("/readyz")).status_code == 200
