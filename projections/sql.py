@@ -548,7 +548,10 @@ ORDER BY e.stream_id, e.stream_version
 # schema_version, data, metadata, prev_hash, hash, hashed}; binary values in hex: one JSON
 # text costs the client one string, where every element of an array parameter is checked),
 # $4 to $20 the row's columns, $21 the history entries as one JSON array ({stream_version,
-# event_type, status, details}). `gate` is defined by each statement: whether to write.
+# event_type, status, details}). The two arrays are jsonb, not json: parsed once, their
+# data, metadata and details are taken as the jsonb they are stored as, where json would
+# parse each again (about 20 us per apply). `gate` is defined by each statement: whether
+# to write.
 _COMMAND_WRITE = """
 inserted AS (
     INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
@@ -556,7 +559,7 @@ inserted AS (
     SELECT $1::text, u.stream_version, u.event_id, u.event_type, u.schema_version, u.data,
            u.metadata, $2::timestamptz, decode(u.prev_hash, 'hex'), decode(u.hash, 'hex'),
            decode(u.hashed, 'hex')
-    FROM gate g, json_to_recordset($3::json)
+    FROM gate g, jsonb_to_recordset($3::jsonb)
          AS u(stream_version integer, event_id uuid, event_type text, schema_version integer,
               data jsonb, metadata jsonb, prev_hash text, hash text, hashed text)
     WHERE g.open
@@ -599,7 +602,7 @@ inserted AS (
                                      event_type, status, details, recorded_at)
     SELECT $4::uuid, h.stream_version, w.positions[h.stream_version - w.first_version + 1],
            h.event_type, h.status, h.details, $2::timestamptz
-    FROM written w, json_to_recordset($21::json)
+    FROM written w, jsonb_to_recordset($21::jsonb)
          AS h(stream_version integer, event_type text, status text, details jsonb)
 )"""
 
