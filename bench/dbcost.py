@@ -3,9 +3,9 @@
 
 `POST /lending/apply` ends in one statement (projections/sql.py, RUN_COMMAND; with an
 idempotency key RUN_KEYED_COMMAND). This tool sends that statement with exactly the
-arguments the service sends: they are built once per body
-by the service's own code path (`api.service.commands.submit_application`, stopped where it
-would reach the database), then every call gets fresh ids (application, stream, events), so
+arguments the service sends: they are built once per body by the service's own code path
+(`api.service.commands.submit_application`, stopped where it would reach the database),
+then every call gets fresh ids (application, stream, events), so
 each call is a new application, as in the product. `--clients` connections share a fixed
 number of calls, and the tool reads the CPU time of every process of the PostgreSQL server
 (/proc/<pid>/schedstat) before and after: CPU microseconds per call, split into the backends
@@ -806,7 +806,7 @@ def build_parser() -> argparse.ArgumentParser:
     defaults = Options()
     parser = argparse.ArgumentParser(
         prog="python -m bench.dbcost",
-        description="PostgreSQL's CPU per apply (one ledger_command call), and per part of it.",
+        description="PostgreSQL's CPU per apply (one command statement), and per part of it.",
     )
     add = parser.add_argument
     add("--clients", type=int, default=defaults.clients, help="connections calling at once")
@@ -827,7 +827,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--reference-schema",
         type=Path,
         default=None,
-        help="also measure the product on this schema.sql (e.g. main's), paired with it",
+        help="also measure the product on this older schema.sql, one with the function "
+        "ledger_command (main up to ad92c85), paired with it",
     )
     add("--json", type=Path, default=None, help="also write every measurement here")
     return parser
