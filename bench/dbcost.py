@@ -61,7 +61,12 @@ from bench.workload import apply_bodies
 from ledger.db import connect
 from ledger.idempotency import lock_key
 from ledger.scoring import ScoringModel, get_model
-from ledger.sequencer import Sequencer, SequencerSettings
+from ledger.sequencer import (
+    APPLICATION_NAME,
+    SEALING_APPLICATION_NAME,
+    Sequencer,
+    SequencerSettings,
+)
 from ledger.signing import SigningKey
 from projections.inline import CLAIM_PARAMETERS, WRITE_PARAMETERS
 from projections.sql import RUN_COMMAND, RUN_KEYED_COMMAND
@@ -551,12 +556,13 @@ class Prepared:
     wal_bytes_per_call: float = 0.0
     variant_timeout: float = 60.0
 
-    def pids(self) -> tuple[set[int], set[int]]:
-        """(the calling backends, the sequencer's backend)."""
-        sequencing = set()
-        if self.sequencer is not None and self.sequencer.connection is not None:
-            sequencing.add(cast(asyncpg.Connection, self.sequencer.connection).get_server_pid())
-        return {c.get_server_pid() for c in self.connections}, sequencing
+    async def pids(self) -> tuple[set[int], set[int]]:
+        """(the calling backends, the sequencer's backends: numbering and sealing), the
+        sequencer's found by the names its sessions carry."""
+        sequencing = await self.admin.fetchval(
+            sql.DBCOST_SEQUENCER_BACKENDS, [APPLICATION_NAME, SEALING_APPLICATION_NAME]
+        )
+        return {c.get_server_pid() for c in self.connections}, set(sequencing)
 
     async def call(self, connection: asyncpg.Connection, arguments: tuple[Any, ...]) -> None:
         record = await connection.fetchrow(self.variant.product_statement(), *arguments)
@@ -674,7 +680,7 @@ async def measure_pair(
         await a.caught_up(options.catch_up_timeout)
         await b.caught_up(options.catch_up_timeout)
         used = await meter.stop()
-        (a_calling, a_sequencing), (b_calling, b_sequencing) = a.pids(), b.pids()
+        (a_calling, a_sequencing), (b_calling, b_sequencing) = await a.pids(), await b.pids()
         everyone = a_calling | a_sequencing | b_calling | b_sequencing
         rest = sum(cpu for pid, cpu in used.items() if pid not in everyone)
         pair = f"{first.name}/{second.name}"

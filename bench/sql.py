@@ -129,6 +129,12 @@ FROM ledger_command($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14,
 # state (each page's first change after it is a full-page image in the WAL).
 DBCOST_CHECKPOINT = "CHECKPOINT"
 
+# The sequencer's sessions in this database, by the names they carry ($1).
+DBCOST_SEQUENCER_BACKENDS = """
+SELECT coalesce(array_agg(pid), '{}') FROM pg_stat_activity
+WHERE datname = current_database() AND application_name = ANY ($1::text[])
+"""
+
 # Has the sequencer's last seal reached its last log entry?
 DBCOST_UNSEALED_ENTRIES_EXIST = """
 SELECT (SELECT last_seq FROM ledger_cursor) > (SELECT coalesce(max(tree_size), 0) FROM seals)
