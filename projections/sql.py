@@ -17,6 +17,25 @@ SELECT_APPLICATIONS_BY_ID = f"""
 SELECT {APPLICATION_COLUMNS} FROM loan_applications WHERE application_id = ANY($1::uuid[])
 """
 
+# An application's row written again: what a later event can change. The Python fold's batch
+# upsert and the command statement both write rows this way.
+APPLICATION_UPSERT = """
+ON CONFLICT (application_id) DO UPDATE SET
+    risk_score = EXCLUDED.risk_score,
+    decision = EXCLUDED.decision,
+    status = EXCLUDED.status,
+    scoring_model = EXCLUDED.scoring_model,
+    scoring_model_version = EXCLUDED.scoring_model_version,
+    updated_at = EXCLUDED.updated_at,
+    stream_version = EXCLUDED.stream_version,
+    last_event_position = EXCLUDED.last_event_position,
+    decided_by = EXCLUDED.decided_by,
+    recommended_outcome = EXCLUDED.recommended_outcome,
+    reason_codes = EXCLUDED.reason_codes,
+    in_review_since = EXCLUDED.in_review_since,
+    reviewed_at = EXCLUDED.reviewed_at
+"""
+
 # reason_codes travel as JSON text: asyncpg would read a list inside the jsonb[] array
 # parameter as another array dimension.
 UPSERT_APPLICATIONS = f"""
@@ -34,21 +53,7 @@ FROM unnest($1::uuid[], $2::text[], $3::numeric[], $4::numeric[], $5::integer[],
           decision, status, scoring_model, scoring_model_version, created_at, updated_at,
           stream_version, last_event_position, submitted_by, decided_by, recommended_outcome,
           reason_codes, in_review_since, reviewed_at)
-ON CONFLICT (application_id) DO UPDATE SET
-    risk_score = EXCLUDED.risk_score,
-    decision = EXCLUDED.decision,
-    status = EXCLUDED.status,
-    scoring_model = EXCLUDED.scoring_model,
-    scoring_model_version = EXCLUDED.scoring_model_version,
-    updated_at = EXCLUDED.updated_at,
-    stream_version = EXCLUDED.stream_version,
-    last_event_position = EXCLUDED.last_event_position,
-    decided_by = EXCLUDED.decided_by,
-    recommended_outcome = EXCLUDED.recommended_outcome,
-    reason_codes = EXCLUDED.reason_codes,
-    in_review_since = EXCLUDED.in_review_since,
-    reviewed_at = EXCLUDED.reviewed_at
-"""
+{APPLICATION_UPSERT}"""
 
 INSERT_HISTORY = """
 INSERT INTO application_history (application_id, stream_version, event_position, event_type,
@@ -552,7 +557,7 @@ ORDER BY e.stream_id, e.stream_version
 # data, metadata and details are taken as the jsonb they are stored as, where json would
 # parse each again (about 20 us per apply). `gate` is defined by each statement: whether
 # to write.
-_COMMAND_WRITE = """
+_COMMAND_WRITE = f"""
 inserted AS (
     INSERT INTO events (stream_id, stream_version, event_id, event_type, schema_version,
                         data, metadata, recorded_at, prev_hash, hash, hashed)
@@ -583,21 +588,7 @@ inserted AS (
            w.last_version, w.last_position, $15::text, $16::text, $17::text, $18::jsonb,
            $19::timestamptz, $20::timestamptz
     FROM written w
-    ON CONFLICT (application_id) DO UPDATE SET
-        risk_score = EXCLUDED.risk_score,
-        decision = EXCLUDED.decision,
-        status = EXCLUDED.status,
-        scoring_model = EXCLUDED.scoring_model,
-        scoring_model_version = EXCLUDED.scoring_model_version,
-        updated_at = EXCLUDED.updated_at,
-        stream_version = EXCLUDED.stream_version,
-        last_event_position = EXCLUDED.last_event_position,
-        decided_by = EXCLUDED.decided_by,
-        recommended_outcome = EXCLUDED.recommended_outcome,
-        reason_codes = EXCLUDED.reason_codes,
-        in_review_since = EXCLUDED.in_review_since,
-        reviewed_at = EXCLUDED.reviewed_at
-), history AS (
+    {APPLICATION_UPSERT}), history AS (
     INSERT INTO application_history (application_id, stream_version, event_position,
                                      event_type, status, details, recorded_at)
     SELECT $4::uuid, h.stream_version, w.positions[h.stream_version - w.first_version + 1],
